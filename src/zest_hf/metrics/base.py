@@ -1,0 +1,146 @@
+"""The metric registry: every zero-shot metric is a small pure function registered by name.
+
+A metric is called once per layer, at the moment the probe has what it needs (its ``source``), and returns one or
+more named columns. Keeping each metric a pure function over tensors keeps the probe's side effects (hooks,
+requires_grad flips, weight sign flips) in one place, ``probe.py``, where they are undone in ``finally``.
+
+Sources, in the order the probe produces them:
+
+=========  =====================================================================================================
+source     what the function receives besides the weight ``w`` (fp32)
+=========  =====================================================================================================
+weight     nothing (``x`` is None): static metrics
+forward    :class:`ActStats` of the layer's output over the batch's real (non-padding) tokens
+grad       ``g = dL/dW`` (fp32, same layout as ``w``) from the ordinary backward pass
+fisher     ``s`` of shape (batch, out_features): per sample and output channel, ``sum over tokens of y * dL/dy``
+hessian    ``Hg``: the Hessian-gradient product, from one extra double backward
+synflow    ``dR/dW`` of synflow's data-free objective (all weights made positive, all-ones input)
+=========  =====================================================================================================
+
+Every function must accept ``w`` in fp32; the probe casts one layer at a time so a bf16 model never holds a second
+fp32 copy of itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["ActStats", "Metric", "register_metric", "METRICS", "SOURCES", "resolve_metrics"]
+
+SOURCES = ("weight", "forward", "grad", "fisher", "hessian", "synflow")
+
+
+@dataclass
+class ActStats:
+    """Streaming mean/variance of a layer's outputs and of their absolute values (Chan's parallel update).
+
+    A module may run several times in one forward pass (shared layers); statistics merge exactly across calls.
+    """
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0  # sum of squared deviations from the mean
+    abs_mean: float = 0.0
+    abs_m2: float = 0.0
+
+    def update(self, y: torch.Tensor) -> None:
+        y = y.detach().float().reshape(-1)
+        n_b = y.numel()
+        if n_b == 0:
+            return
+        # var_mean on the device in fp32, merged in float64 on the host: exact enough and one sync per call.
+        var_b, mean_b = torch.var_mean(y, correction=0)
+        a = y.abs()
+        avar_b, amean_b = torch.var_mean(a, correction=0)
+        self.mean, self.m2 = _merge(self.n, self.mean, self.m2, n_b, mean_b.item(), var_b.item() * n_b)
+        self.abs_mean, self.abs_m2 = _merge(self.n, self.abs_mean, self.abs_m2, n_b, amean_b.item(), avar_b.item() * n_b)
+        self.n += n_b
+
+    def std(self) -> float:
+        return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0
+
+    def abs_std(self) -> float:
+        return math.sqrt(self.abs_m2 / (self.n - 1)) if self.n > 1 else 0.0
+
+
+def _merge(n_a: int, mean_a: float, m2_a: float, n_b: int, mean_b: float, m2_b: float) -> tuple[float, float]:
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * n_b / n
+    m2 = m2_a + m2_b + delta * delta * n_a * n_b / n
+    return mean, m2
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric.
+
+    Attributes:
+        name: Registry name, as passed to ``probe(metrics=[...])``.
+        source: What it needs (see the module docstring).
+        columns: The columns it returns, in order.
+        fn: ``fn(w, x) -> dict[column, float]``.
+        group: The paper's family: "static", "forward" or "backward".
+        doc: One line for tables and the README.
+    """
+
+    name: str
+    source: str
+    columns: tuple[str, ...]
+    fn: Callable[[torch.Tensor, object], dict[str, float]] = field(repr=False)
+    group: str = "backward"
+    doc: str = ""
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, *, source: str, columns: tuple[str, ...], group: str, doc: str = ""):
+    """Decorator: register ``fn(w, x) -> dict`` under ``name``. Adding a metric is one new file with one function."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown metric source {source!r}; expected one of {SOURCES}")
+
+    def wrap(fn):
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} is already registered")
+        METRICS[name] = Metric(name=name, source=source, columns=tuple(columns), fn=fn, group=group, doc=doc)
+        return fn
+
+    return wrap
+
+
+def resolve_metrics(metrics) -> list[Metric]:
+    """Turn a user's ``metrics=`` argument into registered metrics, in registry order.
+
+    ``None`` or ``"default"``: every metric except grasp (grasp needs a double backward: ~2x the probe's cost).
+    ``"all"``: every metric. A list: those names (a column name such as ``"snip_mean"`` selects its metric).
+    """
+    if metrics is None or metrics == "default":
+        names = [m for m in METRICS if m != "grasp"]
+    elif metrics == "all":
+        names = list(METRICS)
+    else:
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        by_column = {c: m.name for m in METRICS.values() for c in m.columns}
+        names = []
+        for req in metrics:
+            name = req if req in METRICS else by_column.get(req)
+            if name is None:
+                raise ValueError(
+                    f"unknown metric {req!r}. Known metrics: {sorted(METRICS)} (or any of their columns, "
+                    f"or 'default' / 'all')."
+                )
+            if name not in names:
+                names.append(name)
+    order = list(METRICS)
+    return [METRICS[n] for n in sorted(names, key=order.index)]
+
+
+def total(x: torch.Tensor) -> float:
+    """Sum of a tensor as a Python float, accumulated in fp32 (or wider) whatever the tensor's dtype."""
+    return x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32).item()

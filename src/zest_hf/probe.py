@@ -1,0 +1,509 @@
+"""The one-batch zero-shot probe: one forward and one backward give every candidate layer a row of metrics.
+
+Everything the probe does to the model happens inside :func:`_borrowed` and is undone in its ``finally``: hooks,
+``requires_grad`` flags, ``.grad`` contents, train/eval mode and (for synflow) weight signs. The model is never
+deep-copied: a probe costs about one training step, not one model.
+
+Passes, only those the requested metrics need:
+
+1. static metrics from the weights;
+2. forward with hooks (activation statistics, and for fisher each output kept until its gradient arrives);
+3. backward: per-layer gradient metrics computed as each weight's gradient is accumulated, then the gradient is
+   dropped, so at most one layer's gradient exists at a time; with grasp the gradients are taken with
+   ``create_graph=True`` and one double backward gives ``H g``;
+4. synflow: its own batch-of-one pass over the all-positive model with an all-ones input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .loss import check_batch, model_loss, prepare_batch
+from .metrics import METRICS, ActStats, Metric, resolve_metrics
+from .targets import Target, _unwrap, find_targets
+
+__all__ = ["probe", "ProbeResult", "NonFiniteError"]
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or a gradient was NaN/inf; the message names where. The model is left as it was."""
+
+
+# --------------------------------------------------------------------------------------------------------- result
+@dataclass
+class ProbeResult:
+    """A table: one row per candidate layer (model order), one column per metric value.
+
+    Attributes:
+        layers: Per layer: ``name``, ``type``, ``block``, ``depth``, ``num_params``, ``in_features``,
+            ``out_features`` (see :class:`zest_hf.targets.Target`).
+        values: Column name -> one float per layer (NaN where a metric was not finite; see ``nonfinite``).
+        metrics: The registry names that produced the columns.
+        meta: How it was measured: model class and path, dtype, device, batch shape, loss, seed, versions, timings.
+        nonfinite: ``(layer, column)`` pairs whose value was NaN or inf. Ranking by such a column raises.
+    """
+
+    layers: list[dict]
+    values: dict[str, list[float]]
+    metrics: list[str]
+    meta: dict = field(default_factory=dict)
+    nonfinite: list[tuple[str, str]] = field(default_factory=list)
+
+    # ---- access
+    @property
+    def columns(self) -> list[str]:
+        return list(self.values)
+
+    @property
+    def names(self) -> list[str]:
+        return [row["name"] for row in self.layers]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def column(self, column: str) -> list[float]:
+        if column not in self.values:
+            raise KeyError(f"no column {column!r} in this probe result; columns: {self.columns}")
+        return self.values[column]
+
+    def to_pandas(self):
+        """A ``pandas.DataFrame`` with the layer description and one column per metric value."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.layers)
+        for col, vals in self.values.items():
+            df[col] = vals
+        return df
+
+    def ranking(self, column: str, descending: bool = True) -> list[str]:
+        """Layer names ordered by ``column`` (largest first by default). Raises on non-finite values."""
+        vals = self.column(column)
+        bad = [n for n, c in self.nonfinite if c == column]
+        if bad:
+            raise NonFiniteError(
+                f"column {column!r} is NaN or inf for {len(bad)} layer(s), e.g. {bad[:3]}; it cannot rank layers. "
+                "Rank by another column, or re-probe in higher precision / with another batch."
+            )
+        order = sorted(range(len(vals)), key=lambda i: (-vals[i] if descending else vals[i], i))
+        return [self.layers[i]["name"] for i in order]
+
+    # ---- serialisation (strict JSON: non-finite floats are written as strings)
+    def to_dict(self) -> dict:
+        return {
+            "format": "zest_hf.ProbeResult/1",
+            "metrics": list(self.metrics),
+            "meta": self.meta,
+            "layers": self.layers,
+            "values": {k: [_enc(v) for v in vs] for k, vs in self.values.items()},
+            "nonfinite": [list(p) for p in self.nonfinite],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ProbeResult":
+        if d.get("format") != "zest_hf.ProbeResult/1":
+            raise ValueError(f"not a zest_hf probe result (format={d.get('format')!r})")
+        n = len(d["layers"])
+        values = {k: [_dec(v) for v in vs] for k, vs in d["values"].items()}
+        for k, vs in values.items():
+            if len(vs) != n:
+                raise ValueError(f"column {k!r} has {len(vs)} values for {n} layers")
+        return cls(
+            layers=[dict(r) for r in d["layers"]],
+            values=values,
+            metrics=list(d["metrics"]),
+            meta=dict(d.get("meta", {})),
+            nonfinite=[tuple(p) for p in d.get("nonfinite", [])],
+        )
+
+    def to_json(self, path: str | Path | None = None, indent: int = 1) -> str:
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, path_or_text: str | Path) -> "ProbeResult":
+        p = Path(path_or_text) if not str(path_or_text).lstrip().startswith("{") else None
+        text = p.read_text() if p is not None else str(path_or_text)
+        return cls.from_dict(json.loads(text))
+
+
+def _enc(v: float):
+    return v if math.isfinite(v) else str(v)  # "nan", "inf", "-inf"
+
+
+def _dec(v) -> float:
+    return float(v)
+
+
+# ---------------------------------------------------------------------------------------------------------- probe
+def probe(
+    model: nn.Module,
+    batch: Mapping,
+    metrics: str | Sequence[str] | None = None,
+    *,
+    targets: Sequence[Target] | None = None,
+    target_modules: str | Sequence[str] | None = None,
+    exclude_modules: str | Sequence[str] | None = None,
+    train_mode: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+) -> ProbeResult:
+    """Measure zero-shot metrics for every candidate layer of ``model`` from ONE batch.
+
+    Args:
+        model: A transformers model with a loss head (sequence classification, multiple choice, causal LM...).
+            Any device and dtype; it is left exactly as it was found.
+        batch: One collated batch (a dict of tensors, as a transformers data collator returns). It needs
+            ``labels`` unless the model is a causal LM, in which case the inputs themselves are the labels.
+        metrics: ``None``/"default" (all but grasp), "all", or a list of metric (or column) names; see
+            :data:`zest_hf.metrics.METRICS`.
+        targets: Candidate layers from :func:`zest_hf.find_targets`; found automatically when ``None``.
+        target_modules / exclude_modules: Passed to :func:`find_targets` when ``targets`` is None.
+        train_mode: Run the passes in train mode (dropout on). Default eval: metrics then depend only on the batch.
+        seed: Seeds the RNG inside the probe (dropout in train mode); the caller's RNG state is restored.
+        progress: Show a progress bar over the passes.
+
+    Returns:
+        A :class:`ProbeResult`.
+
+    Raises:
+        MissingLabelsError, ValueError, TypeError: a bad batch or argument, before any pass runs.
+        NonFiniteError: the loss or a layer's gradient is NaN/inf (the model is restored first).
+
+    Example::
+
+        >>> result = probe(model, batch)                    # doctest: +SKIP
+        >>> result.to_pandas().sort_values("snip", ascending=False).head()  # doctest: +SKIP
+    """
+    chosen = resolve_metrics(metrics)
+    model_u = _unwrap(model)
+    tlist = list(targets) if targets is not None else find_targets(model_u, target_modules, exclude_modules)
+    check_batch(model_u, batch)
+    sources = {m.source for m in chosen}
+    if "synflow" in sources:
+        _check_synflow_supported(model_u)
+
+    device = _device_of(model_u)
+    data = prepare_batch(model_u, batch, device)
+    rows = [dict() for _ in tlist]
+    nonfinite: list[tuple[str, str]] = []
+    timings: dict[str, float] = {}
+    stages = ["weights"] + (["forward+backward"] if sources & {"forward", "grad", "fisher", "hessian"} else [])
+    stages += ["synflow"] if "synflow" in sources else []
+    bar = _progress(len(stages), progress)
+    loss_value = float("nan")
+
+    rng_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), _borrowed(model_u, tlist, train_mode) as session:
+        torch.manual_seed(seed)
+
+        t0 = time.perf_counter()
+        bar.set_postfix_str("weights")
+        for i, t in enumerate(tlist):
+            w = t.weight.detach().float()
+            _apply(chosen, "weight", w, None, rows[i])
+        timings["weights"] = time.perf_counter() - t0
+        bar.update()
+
+        if len(stages) > 1 and stages[1] == "forward+backward":
+            t0 = time.perf_counter()
+            bar.set_postfix_str("forward+backward")
+            loss_value = _data_pass(model_u, tlist, data, chosen, sources, rows, session)
+            timings["forward+backward"] = time.perf_counter() - t0
+            bar.update()
+
+        if "synflow" in sources:
+            t0 = time.perf_counter()
+            bar.set_postfix_str("synflow")
+            _synflow_pass(model_u, tlist, data, chosen, rows, session)
+            timings["synflow"] = time.perf_counter() - t0
+            bar.update()
+    bar.close()
+
+    columns = [c for m in chosen for c in m.columns]
+    values = {c: [float(r.get(c, float("nan"))) for r in rows] for c in columns}
+    for c, vs in values.items():
+        for t, v in zip(tlist, vs):
+            if not math.isfinite(v):
+                nonfinite.append((t.name, c))
+    if nonfinite:
+        warnings.warn(
+            f"{len(nonfinite)} metric value(s) are NaN or inf (e.g. {nonfinite[:3]}); they are reported in "
+            "ProbeResult.nonfinite and refuse to rank.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    ids = data.get("input_ids")
+    meta = {
+        "model_class": type(model_u).__name__,
+        "name_or_path": getattr(getattr(model_u, "config", None), "name_or_path", None),
+        "dtype": str(next(model_u.parameters()).dtype).replace("torch.", ""),
+        "device": str(device),
+        "batch_shape": list(ids.shape) if torch.is_tensor(ids) else None,
+        "loss": loss_value,
+        "seed": seed,
+        "train_mode": train_mode,
+        "timings_s": timings,
+        "versions": _versions(),
+    }
+    return ProbeResult(
+        layers=[t.to_dict() for t in tlist],
+        values=values,
+        metrics=[m.name for m in chosen],
+        meta=meta,
+        nonfinite=nonfinite,
+    )
+
+
+# ------------------------------------------------------------------------------------------- side effects, undone
+class _Session:
+    """What the probe changed; everything here is reverted by :func:`_borrowed`."""
+
+    def __init__(self):
+        self.handles: list = []
+        self.phase = "idle"  # hooks act only in the pass they belong to (see _data_pass)
+        self.kept_outputs: list[list] = []
+
+
+@contextlib.contextmanager
+def _borrowed(model: nn.Module, targets: Sequence[Target], train_mode: bool):
+    """Borrow the model: only candidate weights require grad, no stale ``.grad``, chosen mode; restore on exit."""
+    params = list(model.parameters())
+    saved_flags = [p.requires_grad for p in params]
+    saved_grads = [p.grad for p in params]
+    saved_modes = [(m, m.training) for m in model.modules()]
+    session = _Session()
+    try:
+        wanted = {id(t.weight) for t in targets}
+        for p in params:
+            p.grad = None
+            p.requires_grad_(id(p) in wanted)
+        for t in targets:  # a candidate may live outside model.parameters() only if shared oddly; be explicit
+            t.weight.requires_grad_(True)
+        model.train(train_mode)
+        yield session
+    finally:
+        for h in session.handles:
+            h.remove()
+        for holder in session.kept_outputs:
+            holder.clear()
+        for p, flag, g in zip(params, saved_flags, saved_grads):
+            p.requires_grad_(flag)
+            p.grad = g
+        for m, mode in saved_modes:
+            m.training = mode
+
+
+def _apply(chosen: Sequence[Metric], source: str, w: torch.Tensor, x, row: dict) -> None:
+    for m in chosen:
+        if m.source == source:
+            row.update(m.fn(w, x))
+
+
+def _data_pass(model, tlist, data, chosen, sources, rows, session: _Session) -> float:
+    """Forward with hooks, then backward (and, for grasp, a double backward). Returns the loss value."""
+    token_mask = None
+    if torch.is_tensor(data.get("attention_mask")):
+        token_mask = data["attention_mask"].reshape(-1).bool()
+    stats = [ActStats() for _ in tlist]
+    fisher_sums: list[torch.Tensor | None] = [None] * len(tlist)
+
+    def forward_hook(i):
+        def hook(module, args, output):
+            if session.phase != "forward" or not torch.is_tensor(output):
+                return  # e.g. gradient checkpointing re-running the forward during backward
+            if "forward" in sources:
+                y = output.detach().reshape(-1, output.shape[-1])
+                if token_mask is not None and y.shape[0] == token_mask.numel():
+                    y = y[token_mask]
+                stats[i].update(y)
+            if "fisher" in sources and output.requires_grad:
+                holder = [output]  # kept until its gradient arrives, then released
+                session.kept_outputs.append(holder)
+                output.register_hook(fisher_hook(i, holder))
+
+        return hook
+
+    def fisher_hook(i, holder):
+        def hook(grad):
+            if session.phase != "backward" or not holder:
+                return None
+            y = holder.pop()
+            n = y.shape[0] if y.dim() > 1 else 1
+            s = (y.detach().float() * grad.detach().float()).reshape(n, -1, y.shape[-1]).sum(1)
+            fisher_sums[i] = s if fisher_sums[i] is None else fisher_sums[i] + s
+            return None
+
+        return hook
+
+    for i, t in enumerate(tlist):
+        session.handles.append(t.module.register_forward_hook(forward_hook(i)))
+
+    grad_metrics = [m for m in chosen if m.source == "grad"]
+    bad_grads: list[str] = []
+
+    def grad_metrics_for(i, g: torch.Tensor) -> None:
+        g = g.detach().float()
+        if not bool(torch.isfinite(g).all()):
+            bad_grads.append(tlist[i].name)
+            return
+        _apply(grad_metrics, "grad", tlist[i].weight.detach().float(), g, rows[i])
+
+    weights = [t.weight for t in tlist]
+    # Double backward needs attention kernels that are themselves differentiable: force the math SDPA kernel.
+    kernel_ctx = _math_sdpa() if "hessian" in sources else contextlib.nullcontext()
+    with kernel_ctx:
+        session.phase = "forward"
+        loss = model_loss(model, data)
+        session.phase = "idle"
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise NonFiniteError(
+                f"the probe loss is {loss.item()} before any backward pass; check the batch (labels in range? "
+                "empty sequences?) and the dtype (fp16 overflow: use bf16 or fp32)."
+            )
+        if not loss.requires_grad:
+            raise RuntimeError(
+                "the loss does not depend on any candidate weight (reentrant gradient checkpointing without "
+                "input grads?). Disable gradient checkpointing for the probe or use use_reentrant=False."
+            )
+        session.phase = "backward"
+        if "hessian" in sources:
+            grads = torch.autograd.grad(loss, weights, create_graph=True)
+            for i, g in enumerate(grads):
+                grad_metrics_for(i, g)
+            session.phase = "hessian"
+            z = sum((g * g.detach()).sum() for g in grads)
+            hgs = torch.autograd.grad(z, weights)
+            del grads, z
+            for i, hg in enumerate(hgs):
+                _apply(chosen, "hessian", tlist[i].weight.detach().float(), hg.detach().float(), rows[i])
+            del hgs
+        else:
+            # Metrics are computed as each weight's gradient lands, then the gradient is dropped: peak memory holds
+            # one layer's gradient, not the model's.
+            for i, w in enumerate(weights):
+                session.handles.append(w.register_post_accumulate_grad_hook(_drop_after(grad_metrics_for, i)))
+            loss.backward()
+        session.phase = "idle"
+        loss_value = loss.item()
+        del loss
+
+    if bad_grads:
+        raise NonFiniteError(
+            f"the gradient is NaN or inf in {len(bad_grads)} layer(s), e.g. {bad_grads[:3]}. Probe in fp32/bf16 "
+            "rather than fp16, or check the batch for extreme inputs."
+        )
+    if "forward" in sources:
+        for i, t in enumerate(tlist):
+            _apply(chosen, "forward", None, stats[i], rows[i])
+    if "fisher" in sources:
+        for i, t in enumerate(tlist):
+            s = fisher_sums[i]
+            if s is None:  # the layer's output never reached the loss
+                s = torch.zeros(1, t.out_features)
+            _apply(chosen, "fisher", t.weight.detach().float(), s, rows[i])
+    return loss_value
+
+
+def _drop_after(fn, i):
+    def hook(p: torch.Tensor) -> None:
+        fn(i, p.grad)
+        p.grad = None
+
+    return hook
+
+
+def _synflow_pass(model, tlist, data, chosen, rows, session: _Session) -> None:
+    """synflow's own pass: all parameters made non-negative in place, an all-ones input, R = sum of outputs."""
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    signs = [torch.signbit(p.detach()) for p in params]  # one bit of information per weight, not a model copy
+    try:
+        with torch.no_grad():
+            for p in params:
+                p.abs_()
+        emb = model.get_input_embeddings()
+        hidden = emb.weight.shape[-1]
+        ids = data.get("input_ids")
+        shape = (1, *ids.shape[1:]) if torch.is_tensor(ids) else (1, *data["inputs_embeds"].shape[1:-1])
+        ones = torch.ones(*shape, hidden, dtype=emb.weight.dtype, device=emb.weight.device)
+        kwargs = {"inputs_embeds": ones, "attention_mask": torch.ones(shape, dtype=torch.long, device=ones.device)}
+        if "use_cache" in data:
+            kwargs["use_cache"] = False
+        out = model(**kwargs)
+        logits = out["logits"] if isinstance(out, Mapping) else out.logits
+        r = logits.float().sum()
+
+        def collect(i, g):
+            _apply(chosen, "synflow", tlist[i].weight.detach().float(), g.detach().float(), rows[i])
+
+        for i, t in enumerate(tlist):
+            session.handles.append(t.weight.register_post_accumulate_grad_hook(_drop_after(collect, i)))
+        session.phase = "synflow"
+        r.backward()
+        session.phase = "idle"
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, signs):
+                # |w| negated where the sign bit was set gives back w exactly, -0.0 included.
+                p.copy_(torch.where(s, -p, p))
+
+
+def _check_synflow_supported(model: nn.Module) -> None:
+    try:
+        accepts = "inputs_embeds" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if not accepts or not callable(getattr(model, "get_input_embeddings", None)):
+        raise ValueError(
+            f"synflow feeds an all-ones `inputs_embeds`, which {type(model).__name__}.forward does not accept. "
+            "Leave synflow out: metrics=[m for m in zest_hf.METRICS if m != 'synflow']."
+        )
+
+
+@contextlib.contextmanager
+def _math_sdpa():
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: the older context manager
+        with torch.backends.cuda.sdp_kernel(enable_flash=False, enable_mem_efficient=False, enable_math=True):
+            yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="zest probe", unit="pass", disable=not enabled, leave=False)
+
+
+def _versions() -> dict:
+    import transformers
+
+    from . import __version__
+
+    return {"zest_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def available_metrics() -> dict[str, str]:
+    """Registry name -> one-line description."""
+    return {name: m.doc for name, m in METRICS.items()}

@@ -276,6 +276,21 @@ class _Session:
         self.phase = "idle"  # hooks act only in the pass they belong to (see _data_pass)
         self.kept_outputs: list[list] = []
 
+    @contextlib.contextmanager
+    def hooks(self):
+        """Hooks registered through the yielded ``add`` live for one pass; :func:`_borrowed` is the safety net."""
+        mine = []
+
+        def add(handle):
+            mine.append(handle)
+            self.handles.append(handle)
+
+        try:
+            yield add
+        finally:
+            for h in mine:
+                h.remove()
+
 
 @contextlib.contextmanager
 def _borrowed(model: nn.Module, targets: Sequence[Target], train_mode: bool):
@@ -348,9 +363,29 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: _Session) -> 
 
         return hook
 
-    for i, t in enumerate(tlist):
-        session.handles.append(t.module.register_forward_hook(forward_hook(i)))
+    with session.hooks() as add_hook:
+        for i, t in enumerate(tlist):
+            add_hook(t.module.register_forward_hook(forward_hook(i)))
+        loss_value, bad_grads = _forward_backward(model, tlist, data, chosen, sources, rows, session, add_hook)
 
+    if bad_grads:
+        raise NonFiniteError(
+            f"the gradient is NaN or inf in {len(bad_grads)} layer(s), e.g. {bad_grads[:3]}. Probe in fp32/bf16 "
+            "rather than fp16, or check the batch for extreme inputs."
+        )
+    if "forward" in sources:
+        for i, t in enumerate(tlist):
+            _apply(chosen, "forward", None, stats[i], rows[i])
+    if "fisher" in sources:
+        for i, t in enumerate(tlist):
+            s = fisher_sums[i]
+            if s is None:  # the layer's output never reached the loss
+                s = torch.zeros(1, t.out_features)
+            _apply(chosen, "fisher", t.weight.detach().float(), s, rows[i])
+    return loss_value
+
+
+def _forward_backward(model, tlist, data, chosen, sources, rows, session: _Session, add_hook):
     grad_metrics = [m for m in chosen if m.source == "grad"]
     bad_grads: list[str] = []
 
@@ -394,27 +429,10 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: _Session) -> 
             # Metrics are computed as each weight's gradient lands, then the gradient is dropped: peak memory holds
             # one layer's gradient, not the model's.
             for i, w in enumerate(weights):
-                session.handles.append(w.register_post_accumulate_grad_hook(_drop_after(grad_metrics_for, i)))
+                add_hook(w.register_post_accumulate_grad_hook(_drop_after(grad_metrics_for, i)))
             loss.backward()
         session.phase = "idle"
-        loss_value = loss.item()
-        del loss
-
-    if bad_grads:
-        raise NonFiniteError(
-            f"the gradient is NaN or inf in {len(bad_grads)} layer(s), e.g. {bad_grads[:3]}. Probe in fp32/bf16 "
-            "rather than fp16, or check the batch for extreme inputs."
-        )
-    if "forward" in sources:
-        for i, t in enumerate(tlist):
-            _apply(chosen, "forward", None, stats[i], rows[i])
-    if "fisher" in sources:
-        for i, t in enumerate(tlist):
-            s = fisher_sums[i]
-            if s is None:  # the layer's output never reached the loss
-                s = torch.zeros(1, t.out_features)
-            _apply(chosen, "fisher", t.weight.detach().float(), s, rows[i])
-    return loss_value
+        return loss.item(), bad_grads
 
 
 def _drop_after(fn, i):
@@ -448,11 +466,12 @@ def _synflow_pass(model, tlist, data, chosen, rows, session: _Session) -> None:
         def collect(i, g):
             _apply(chosen, "synflow", tlist[i].weight.detach().float(), g.detach().float(), rows[i])
 
-        for i, t in enumerate(tlist):
-            session.handles.append(t.weight.register_post_accumulate_grad_hook(_drop_after(collect, i)))
-        session.phase = "synflow"
-        r.backward()
-        session.phase = "idle"
+        with session.hooks() as add_hook:
+            for i, t in enumerate(tlist):
+                add_hook(t.weight.register_post_accumulate_grad_hook(_drop_after(collect, i)))
+            session.phase = "synflow"
+            r.backward()
+            session.phase = "idle"
     finally:
         with torch.no_grad():
             for p, s in zip(params, signs):

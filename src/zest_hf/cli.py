@@ -1,0 +1,100 @@
+"""The ``zest`` command line. ``zest <command> --help`` documents each command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "minilm"
+DEFAULT_TASK = "bbc_news"
+DEFAULT_RANK_BY = "grad_norm"
+
+
+def _add_model_task(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="'minilm' or 'smollm2' (packaged, offline), a Hub model id, or a local path")
+    p.add_argument("--task", default=DEFAULT_TASK,
+                   help="bbc_news, twitter_sentiment, or bigbench:<task>[/<subtask>]")
+    p.add_argument("--head", default="auto", choices=["auto", "seq_cls", "multiple_choice", "causal_lm"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--seed", type=int, default=0, help="which training examples form the batch; head init")
+    p.add_argument("--split-seed", type=int, default=0, help="train/validation/test split of the task")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
+
+
+def _cmd_probe(args) -> int:
+    from . import probe
+    from .plot import layer_heatmap
+    from .workflow import prepare
+
+    prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size, max_length=args.max_length,
+                   seed=args.seed, split_seed=args.split_seed, dtype=args.dtype, device=args.device)
+    metrics = args.metrics.split(",") if args.metrics not in ("default", "all") else args.metrics
+    result = probe(prep.model, prep.batch, metrics, seed=args.seed, progress=not args.quiet)
+    result.meta.update({"model": args.model, "task": prep.task.name, "head": prep.head,
+                        "split_seed": args.split_seed, "max_length": args.max_length})
+    if args.rank_by not in result.values:
+        print(f"--rank-by {args.rank_by!r} is not a probed column; columns: {result.columns}", file=sys.stderr)
+        return 2
+    order = result.ranking(args.rank_by)
+    df = result.to_pandas().set_index("name").loc[order].reset_index()
+    df.insert(0, "rank", range(1, len(df) + 1))
+    show = ["rank", "name", "type", "block", args.rank_by] + [c for c in ("snip", "fisher", "act_abs_mean")
+                                                              if c in df and c != args.rank_by]
+    print(f"# {len(result)} layers of {args.model} on {prep.task.name}, ranked by {args.rank_by} "
+          f"(batch {list(prep.batch['input_ids'].shape)}, seed {args.seed}, loss {result.meta['loss']:.4f})")
+    print(df[show].head(args.top).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        result.to_json(args.out)
+        print(f"wrote {args.out}")
+    if args.plot:
+        layer_heatmap(result.layers, result.column(args.rank_by), args.plot,
+                      title=f"{args.rank_by}: {args.model} on {prep.task.name} (seed {args.seed})",
+                      label=args.rank_by)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    """The main job on the embedded default (packaged MiniLM, BBC News)."""
+    out = Path(args.out_dir)
+    ns = argparse.Namespace(model=DEFAULT_MODEL, task=DEFAULT_TASK, head="auto", batch_size=16, max_length=128,
+                            seed=0, split_seed=0, dtype=None, device=None, metrics="default", rank_by=DEFAULT_RANK_BY,
+                            top=36, out=str(out / "probe.json"), plot=str(out / "heatmap.png"), quiet=False)
+    return _cmd_probe(ns)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zest", description="ZEST: zero-shot sparse fine-tuning for Hugging Face models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("probe", help="one-batch zero-shot metrics for every candidate layer")
+    _add_model_task(p)
+    p.add_argument("--metrics", default="default",
+                   help="'default' (all but grasp), 'all', or a comma list such as snip,fisher,grad_norm")
+    p.add_argument("--rank-by", default=DEFAULT_RANK_BY, help="column that orders the printed table and heatmap")
+    p.add_argument("--top", type=int, default=20, help="rows to print")
+    p.add_argument("--out", default=None, help="write the ProbeResult as JSON here")
+    p.add_argument("--plot", default=None, help="write a blocks x projections heatmap PNG here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("demo", help="the main job on the packaged default (MiniLM on BBC News)")
+    p.add_argument("--out-dir", default="out/demo")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

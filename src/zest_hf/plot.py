@@ -1,0 +1,81 @@
+"""Layer-importance heatmaps: blocks x projection types, coloured by one column, top-k cells numbered."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from .targets import CANONICAL_TYPES
+
+__all__ = ["layer_heatmap"]
+
+
+def layer_heatmap(
+    layers: Sequence[dict],
+    values: Sequence[float],
+    path: str | Path,
+    *,
+    title: str = "",
+    label: str = "",
+    top_k: int = 5,
+    descending: bool = True,
+) -> Path:
+    """Write a PNG heatmap of ``values`` (one per layer) laid out as projection type x block.
+
+    Args:
+        layers: Dicts with at least ``type`` and ``block`` (a ``ProbeResult.layers`` or ranking's layers).
+        values: One number per layer; NaN cells are drawn grey.
+        path: Output PNG.
+        title / label: Figure title and colour-bar label.
+        top_k: Number the ``top_k`` best cells (1 = best) so the selection can be read off the picture.
+        descending: Whether larger values are better (for the numbering).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here or on CI
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    types = [t for t in CANONICAL_TYPES if any(r["type"] == t for r in layers)]
+    types += sorted({r["type"] for r in layers} - set(types))
+    blocks = sorted({int(r["block"]) for r in layers})
+    grid = np.full((len(types), len(blocks)), np.nan)
+    where = {}
+    for i, (r, v) in enumerate(zip(layers, values)):
+        cell = (types.index(r["type"]), blocks.index(int(r["block"])))
+        grid[cell] = v if v is not None and math.isfinite(v) else np.nan
+        where[i] = cell
+
+    finite = grid[np.isfinite(grid)]
+    norm = None
+    if finite.size and (finite > 0).all() and finite.max() / finite.min() > 100:
+        norm = LogNorm(vmin=finite.min(), vmax=finite.max())  # sums over layers of different sizes span decades
+
+    width = min(max(6.0, 0.32 * len(blocks) + 2.5), 24.0)
+    fig, ax = plt.subplots(figsize=(width, 0.45 * len(types) + 1.8))
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("lightgrey")
+    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+    ax.set_yticks(range(len(types)), types)
+    step = max(1, len(blocks) // 30)
+    ax.set_xticks(range(0, len(blocks), step), [str(b) for b in blocks[::step]])
+    ax.set_xlabel("block")
+    ax.set_ylabel("projection")
+    fig.colorbar(im, ax=ax, label=label)
+
+    order = [i for i in range(len(values)) if values[i] is not None and math.isfinite(values[i])]
+    order.sort(key=lambda i: -values[i] if descending else values[i])
+    for rank, i in enumerate(order[:top_k], start=1):
+        y, x = where[i]
+        ax.text(x, y, str(rank), ha="center", va="center", color="white", fontsize=9, fontweight="bold",
+                bbox=dict(boxstyle="circle,pad=0.15", fc="crimson", ec="none"))
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,60 @@
+"""Glue for scripts and the CLI: a model with the right head for a task, and one probe batch from its data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .models import is_decoder, load_model
+
+__all__ = ["Prepared", "prepare", "choose_head"]
+
+
+@dataclass
+class Prepared:
+    """A model ready for a task: the model, its tokenizer, the task, the head kind and one probe batch."""
+
+    model: object
+    tokenizer: object
+    task: object
+    head: str
+    batch: dict
+
+
+def choose_head(model_name: str, task_kind: str, head: str = "auto") -> str:
+    """``auto``: classification -> sequence classification head; multiple choice -> an encoder's multiple-choice
+    head, or a decoder's own LM head scoring the choices by log-likelihood."""
+    if head != "auto":
+        return head
+    if task_kind == "classification":
+        return "seq_cls"
+    return "causal_lm" if is_decoder(model_name) else "multiple_choice"
+
+
+def prepare(
+    model_name: str,
+    task_name: str,
+    *,
+    head: str = "auto",
+    batch_size: int = 16,
+    max_length: int = 128,
+    seed: int = 0,
+    split_seed: int = 0,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    max_examples: int | None = None,
+) -> Prepared:
+    """Load task and model, and draw the probe batch: ``batch_size`` training examples chosen by ``seed``."""
+    import transformers
+
+    from .tasks import load_task, make_batch, prepare_tokenizer
+
+    task = load_task(task_name, split_seed=split_seed, max_examples=max_examples)
+    head = choose_head(model_name, task.kind, head)
+    transformers.set_seed(seed)  # the new task head's initialisation
+    num_labels = task.num_labels if head == "seq_cls" else None
+    model, tok = load_model(model_name, head, num_labels=num_labels, dtype=dtype, device=device)
+    prepare_tokenizer(tok, model)
+    batch = make_batch(task, tok, model_kind=head, batch_size=batch_size, max_length=max_length, seed=seed)
+    return Prepared(model=model, tokenizer=tok, task=task, head=head, batch=batch)

@@ -1,0 +1,345 @@
+"""The probe against naive references written out by hand, restoration bit for bit, and the bad inputs."""
+
+import copy
+import math
+
+import pytest
+import torch
+import transformers
+from conftest import tiny_bert_cfg, tiny_bert_cls, tiny_gpt2, tiny_llama, token_batch
+
+import zest_hf
+from zest_hf import METRICS, MissingLabelsError, NonFiniteError, ProbeResult, find_targets, probe
+from zest_hf.metrics import register_metric
+
+
+# ----------------------------------------------------------------------------------------- naive references
+def _labelled(model, batch):
+    b = dict(batch)
+    if isinstance(model, transformers.BertForSequenceClassification):
+        b["labels"] = torch.tensor([0, 1, 2, 1])[: b["input_ids"].shape[0]]
+    else:  # causal LM: the inputs, padding ignored
+        b["labels"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+    return b
+
+
+def naive_reference(model, batch):
+    """Every metric the slow, obvious way on a deep copy: full .grad, retained outputs, finite differences."""
+    ref = copy.deepcopy(model).double().eval()
+    names = [t.name for t in find_targets(ref)]
+    mods = dict(ref.named_modules())
+    data = _labelled(ref, batch)
+    outs = {}
+
+    def keep(name):
+        def hook(m, a, y):
+            y.retain_grad()
+            outs[name] = y
+
+        return hook
+
+    hs = [mods[n].register_forward_hook(keep(n)) for n in names]
+    loss = ref(**data).loss
+    loss.backward()
+    for h in hs:
+        h.remove()
+    mask = data["attention_mask"].reshape(-1).bool()
+    rows = {}
+    for n in names:
+        w, g, y = mods[n].weight.detach(), mods[n].weight.grad, outs[n]
+        yr = y.detach().reshape(-1, y.shape[-1])[mask].reshape(-1)
+        s = (y.detach() * y.grad).sum(1)  # (batch, out): sum over tokens
+        rows[n] = {
+            "weight_mean": w.mean().item(), "weight_std": w.std().item(), "weight_abs_mean": w.abs().mean().item(),
+            "act_mean": yr.mean().item(), "act_std": yr.std().item(),
+            "act_abs_mean": yr.abs().mean().item(), "act_abs_std": yr.abs().std().item(),
+            "grad_mean": g.mean().item(), "grad_std": g.std().item(),
+            "grad_abs_mean": g.abs().mean().item(), "grad_abs_std": g.abs().std().item(),
+            "grad_norm": g.norm().item(), "rgn": (g.norm() / w.norm()).item(),
+            "plain": (g * w).sum().item(), "snip": (g * w).abs().sum().item(),
+            "fisher": (w.numel() // s.shape[-1]) * (0.5 * s.pow(2).mean(0)).sum().item(),
+        }
+    # grasp: H g by central finite differences of the gradient along g (float64), an independent route.
+    params = [mods[n].weight for n in names]
+    g0 = [p.grad.detach().clone() for p in params]
+
+    def grads_at(step):
+        with torch.no_grad():
+            for p, d in zip(params, g0):
+                p.add_(d, alpha=step)
+        for p in ref.parameters():
+            p.grad = None
+        ref(**data).loss.backward()
+        out = [p.grad.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, d in zip(params, g0):
+                p.sub_(d, alpha=step)
+        return out
+
+    eps = 1e-4
+    plus, minus = grads_at(eps), grads_at(-eps)
+    for n, p, gp, gm in zip(names, params, plus, minus):
+        hg = (gp - gm) / (2 * eps)
+        rows[n]["grasp"] = -(p.detach() * hg).sum().item()
+    # synflow: all-positive copy, all-ones embeddings, batch of one
+    syn = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for p in syn.parameters():
+            p.abs_()
+    hidden = syn.get_input_embeddings().weight.shape[-1]
+    T = batch["input_ids"].shape[1]
+    kw = {"use_cache": False} if not isinstance(syn, transformers.BertForSequenceClassification) else {}
+    syn(inputs_embeds=torch.ones(1, T, hidden, dtype=torch.double), attention_mask=torch.ones(1, T), **kw).logits.sum().backward()
+    smods = dict(syn.named_modules())
+    for n in names:
+        rows[n]["synflow"] = (smods[n].weight * smods[n].weight.grad).abs().sum().item()
+    return rows
+
+
+def _close(a, b, rel, abs_=1e-9):
+    return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_bert_cls, tiny_gpt2], ids=["llama", "bert", "gpt2"])
+def test_every_metric_matches_naive_reference(make):
+    model = make()
+    batch = _labelled(model, token_batch())
+    result = probe(model, batch, metrics="all")
+    ref = naive_reference(model, batch)
+    df = result.to_pandas().set_index("name")
+    assert list(df.index) == list(ref)
+    checked = 0
+    for name, cols in ref.items():
+        for col, want in cols.items():
+            got = df.loc[name, col]
+            # fp32 probe vs float64 reference; grasp's reference is itself a finite difference.
+            rel = 2e-3 if col == "grasp" else 2e-4
+            # signed sums can cancel to ~0; judge them against the magnitude they cancel from
+            scale_col = {"grad_mean": "grad_abs_mean", "act_mean": "act_abs_mean", "weight_mean": "weight_abs_mean",
+                         "plain": "snip"}.get(col, col)
+            scale = max(abs(ref[n][scale_col]) for n in ref) or 1.0
+            assert _close(got, want, rel, abs_=1e-5 * scale), (name, col, got, want)
+            checked += 1
+    assert checked == len(ref) * 18  # every column of every metric
+    # size-normalised forms are the sums over the number of entries
+    for t in result.layers:
+        row = df.loc[t["name"]]
+        n = t["in_features"] * t["out_features"]
+        assert _close(row["snip_mean"], row["snip"] / n, 1e-9)
+        assert _close(row["fisher_mean"], row["fisher"] / n, 1e-9)
+        assert _close(row["grad_norm_mean"], row["grad_norm"] / math.sqrt(n), 1e-9)
+
+
+def test_causal_lm_without_labels_uses_its_inputs():
+    model = tiny_llama()
+    batch = token_batch()
+    r = probe(model, batch, metrics=["snip"])
+    want = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss.item()
+    assert _close(r.meta["loss"], want, 1e-6)
+
+
+def test_multiple_choice_batch():
+    model = transformers.BertForMultipleChoice(tiny_bert_cfg())
+    ids = torch.randint(3, 1000, (2, 3, 10))
+    mask = torch.ones_like(ids)
+    mask[:, :, 8:] = 0
+    r = probe(model, {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 2])}, metrics=["activation", "snip"])
+    assert len(r) == 12 and not r.nonfinite
+    # activation statistics exclude the padded positions: compare one layer by hand
+    outs = {}
+    m = model.bert.encoder.layer[0].attention.self.query
+    h = m.register_forward_hook(lambda mod, a, y: outs.setdefault("y", y.detach()))
+    model.eval()
+    model(input_ids=ids, attention_mask=mask)
+    h.remove()
+    y = outs["y"].reshape(-1, outs["y"].shape[-1])[mask.reshape(-1).bool()]
+    assert _close(r.values["act_mean"][0], y.mean().item(), 1e-4, 1e-7)
+
+
+# ----------------------------------------------------------------------------------------------- restoration
+def _bits(model):
+    return {k: v.detach().clone().view(torch.int32 if v.dtype == torch.float32 else torch.int16)
+            for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def _snapshot(model):
+    return {
+        "bits": _bits(model),
+        "flags": [p.requires_grad for p in model.parameters()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "modes": [m.training for m in model.modules()],
+    }
+
+
+def _assert_restored(model, snap):
+    now = _bits(model)
+    assert now.keys() == snap["bits"].keys()
+    for k in now:
+        assert torch.equal(now[k], snap["bits"][k]), f"{k} changed"
+    assert [p.requires_grad for p in model.parameters()] == snap["flags"]
+    for p, g in zip(model.parameters(), snap["grads"]):
+        assert (p.grad is None) == (g is None)
+        if g is not None:
+            assert torch.equal(p.grad, g)
+    assert [m.training for m in model.modules()] == snap["modes"]
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+    for p in model.parameters():
+        assert not getattr(p, "_post_accumulate_grad_hooks", None)
+        assert not p._backward_hooks
+
+
+def _messy(model):
+    """A model in an awkward state: mixed flags, stale grads, mixed modes, a -0.0 weight."""
+    model.train()
+    list(model.modules())[3].eval()
+    params = list(model.parameters())
+    params[1].requires_grad_(False)
+    params[2].grad = torch.randn_like(params[2])
+    with torch.no_grad():
+        find_targets(model)[0].weight.view(-1)[0] = -0.0
+    return model
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_probe_leaves_model_bit_identical(make):
+    model = _messy(make())
+    snap = _snapshot(model)
+    probe(model, token_batch(), metrics="all")
+    _assert_restored(model, snap)
+
+
+def test_probe_restores_model_when_a_metric_raises():
+    @register_metric("exploding_test_metric", source="grad", columns=("boom",), group="backward")
+    def boom(w, g):
+        raise RuntimeError("metric failed on purpose")
+
+    try:
+        model = _messy(tiny_llama())
+        snap = _snapshot(model)
+        with pytest.raises(RuntimeError, match="on purpose"):
+            probe(model, token_batch(), metrics=["snip", "synflow", "exploding_test_metric"])
+        _assert_restored(model, snap)
+    finally:
+        METRICS.pop("exploding_test_metric")
+
+
+def test_probe_restores_when_synflow_pass_fails():
+    model = _messy(tiny_llama())
+    snap = _snapshot(model)
+    calls = {"n": 0}
+
+    def fail_in_synflow(mod, args, kwargs):
+        if "inputs_embeds" in kwargs and kwargs["inputs_embeds"] is not None:
+            calls["n"] += 1
+            raise RuntimeError("synflow forward failed")
+
+    h = model.register_forward_pre_hook(fail_in_synflow, with_kwargs=True)
+    try:
+        with pytest.raises(RuntimeError, match="synflow forward failed"):
+            probe(model, token_batch(), metrics=["synflow"])
+    finally:
+        h.remove()
+    assert calls["n"] == 1
+    _assert_restored(model, snap)  # signs flipped by synflow are back
+
+
+def test_bf16_probe_is_close_to_fp32_and_leaves_weights_alone():
+    model = tiny_llama()
+    batch = token_batch()
+    r32 = probe(model, batch, metrics=["snip", "activation", "fisher"])
+    m16 = copy.deepcopy(model).to(torch.bfloat16)
+    snap = _snapshot(m16)
+    r16 = probe(m16, batch, metrics=["snip", "activation", "fisher"])
+    _assert_restored(m16, snap)
+    assert next(m16.parameters()).dtype == torch.bfloat16
+    for col in ("snip", "act_abs_mean", "fisher"):
+        a, b = torch.tensor(r32.values[col]), torch.tensor(r16.values[col])
+        assert torch.isfinite(b).all()
+        assert torch.allclose(a, b, rtol=0.1, atol=1e-3 * a.abs().max().item()), col
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+def _forward_counter(model):
+    calls = {"n": 0}
+    model.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    return calls
+
+
+def test_classifier_batch_without_labels_fails_before_any_pass():
+    model = tiny_bert_cls()
+    calls = _forward_counter(model)
+    with pytest.raises(MissingLabelsError, match="labels"):
+        probe(model, token_batch())
+    assert calls["n"] == 0
+
+
+def test_all_ignored_labels_fail_before_any_pass():
+    model = tiny_llama()
+    calls = _forward_counter(model)
+    b = token_batch()
+    b["labels"] = torch.full_like(b["input_ids"], -100)
+    with pytest.raises(MissingLabelsError, match="-100"):
+        probe(model, b)
+    assert calls["n"] == 0
+
+
+def test_model_without_projections_and_unknown_metric():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with pytest.raises(zest_hf.NoTargetsError, match="target_modules"):
+        probe(net, {"input_ids": torch.ones(1, 4)})
+    with pytest.raises(ValueError, match="unknown metric 'snipp'"):
+        probe(tiny_llama(), token_batch(), metrics=["snipp"])
+
+
+def test_nan_loss_is_an_error_and_model_is_restored():
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    snap = _snapshot(model)
+    with pytest.raises(NonFiniteError, match="loss"):
+        probe(model, token_batch(), metrics=["snip"])
+    _assert_restored(model, snap)
+
+
+def test_nan_gradient_is_an_error_naming_layers():
+    model = tiny_llama()
+    target = model.model.layers[1].self_attn.o_proj
+
+    def poison(mod, args, y):
+        y.register_hook(lambda g: g * float("nan"))
+
+    h = target.register_forward_hook(poison)
+    try:
+        with pytest.raises(NonFiniteError, match="gradient is NaN") as e:
+            probe(model, token_batch(), metrics=["snip"])
+    finally:
+        h.remove()
+    assert "model.layers" in str(e.value)
+
+
+def test_nonfinite_metric_is_reported_and_refuses_to_rank():
+    r = ProbeResult(layers=[{"name": "a", "type": "q", "block": 0}, {"name": "b", "type": "q", "block": 1}],
+                    values={"x": [1.0, float("nan")], "y": [2.0, 3.0]}, metrics=["t"], nonfinite=[("b", "x")])
+    with pytest.raises(NonFiniteError, match="'x'"):
+        r.ranking("x")
+    assert r.ranking("y") == ["b", "a"]
+    assert r.ranking("y", descending=False) == ["a", "b"]
+
+
+# --------------------------------------------------------------------------------------------- serialisation
+def test_json_round_trip_is_exact_including_nonfinite(tmp_path):
+    r = probe(tiny_gpt2(), token_batch(), metrics="default")
+    r.values["snip"][1] = float("inf")
+    r.nonfinite.append((r.names[1], "snip"))
+    path = tmp_path / "probe.json"
+    r.to_json(path)
+    back = ProbeResult.from_json(path)
+    assert back.layers == r.layers and back.metrics == r.metrics and back.nonfinite == r.nonfinite
+    assert back.values.keys() == r.values.keys()
+    for k in r.values:
+        assert [str(v) for v in back.values[k]] == [str(v) for v in r.values[k]]
+    assert back.to_pandas().shape == r.to_pandas().shape
+    assert "zest_hf" in back.meta["versions"]
+    with pytest.raises(ValueError, match="not a zest_hf probe result"):
+        ProbeResult.from_dict({"format": "other"})

@@ -1,0 +1,104 @@
+import pytest
+import torch
+import transformers
+from conftest import tiny_bert_cls, tiny_gpt2, tiny_llama
+from torch import nn
+
+from zest_hf import NoTargetsError, find_targets
+
+
+def test_llama_targets_in_model_order_with_types_blocks_depth():
+    m = tiny_llama()
+    ts = find_targets(m)
+    assert len(ts) == 2 * 7
+    assert [t.type for t in ts[:7]] == ["q", "k", "v", "o", "gate", "up", "down"]
+    assert [t.block for t in ts] == [0] * 7 + [1] * 7
+    assert {t.depth for t in ts} == {0.0, 1.0}
+    assert ts[0].name == "model.layers.0.self_attn.q_proj"
+    gate = ts[4]
+    assert (gate.in_features, gate.out_features, gate.num_params) == (64, 128, 64 * 128)
+    names = {t.name for t in ts}
+    assert "lm_head" not in names and not any("embed" in n for n in names)
+
+
+def test_bert_targets_map_onto_canonical_types_and_exclude_head_and_pooler():
+    m = tiny_bert_cls()
+    ts = find_targets(m)
+    assert len(ts) == 2 * 6
+    by_name = {t.name.split("layer.0.", 1)[-1]: t.type for t in ts if ".layer.0." in t.name}
+    assert by_name == {
+        "attention.self.query": "q",
+        "attention.self.key": "k",
+        "attention.self.value": "v",
+        "attention.output.dense": "o",
+        "intermediate.dense": "up",
+        "output.dense": "down",
+    }
+    assert ts[0].num_params == 32 * 32 + 32  # bias counted
+    assert not any("pooler" in t.name or "classifier" in t.name for t in ts)
+
+
+def test_gpt2_conv1d_and_fused_qkv():
+    ts = find_targets(tiny_gpt2())
+    assert [t.type for t in ts[:4]] == ["qkv", "o", "up", "down"]
+    qkv = ts[0]
+    # Conv1D stores (in, out); the target reports the map's shape whatever the layout.
+    assert (qkv.in_features, qkv.out_features) == (32, 96)
+
+
+def test_user_regex_list_and_exclusion():
+    m = tiny_llama()
+    only_mlp = find_targets(m, target_modules=r".*\.mlp\..*")
+    assert {t.type for t in only_mlp} == {"gate", "up", "down"}
+    by_list = find_targets(m, target_modules=["q_proj", "model.layers.1.mlp.down_proj"])
+    assert [t.name for t in by_list] == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj",
+                                          "model.layers.1.mlp.down_proj"]
+    no_attn = find_targets(m, exclude_modules=r".*self_attn.*")
+    assert len(no_attn) == 6
+    # a pattern must not reach the head: it is outside the numbered blocks
+    with pytest.raises(NoTargetsError, match="target_modules"):
+        find_targets(m, target_modules=["lm_head"])
+
+
+def test_unknown_architecture_needs_pattern_and_error_lists_modules():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = nn.Linear(8, 8)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(), Block()])
+            self.head = nn.Linear(8, 2)
+
+    net = Net()
+    with pytest.raises(NoTargetsError) as e:
+        find_targets(net)
+    msg = str(e.value)
+    assert "blocks.0.mix" in msg and "target_modules" in msg
+    ts = find_targets(net, target_modules=r"blocks\.\d+\.mix")
+    assert [(t.name, t.type, t.block) for t in ts] == [("blocks.0.mix", "mix", 0), ("blocks.1.mix", "mix", 1)]
+
+
+def test_encoder_decoder_blocks_are_numbered_across_stacks():
+    cfg = transformers.T5Config(vocab_size=100, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2,
+                                num_heads=4, d_kv=8)
+    ts = find_targets(transformers.T5ForConditionalGeneration(cfg))
+    enc = [t for t in ts if t.name.startswith("encoder.")]
+    dec = [t for t in ts if t.name.startswith("decoder.")]
+    assert {t.block for t in enc} == {0, 1} and {t.block for t in dec} == {2, 3}
+    assert {t.type for t in enc} == {"q", "k", "v", "o", "up", "down"}
+
+
+def test_peft_lora_wrapped_model_targets_the_wrappers():
+    import peft
+
+    m = tiny_llama()
+    pm = peft.get_peft_model(m, peft.LoraConfig(target_modules=["q_proj"], r=2))
+    ts = find_targets(pm)
+    assert len(ts) == 14
+    q = [t for t in ts if t.type == "q"]
+    assert all(not t.name.endswith("base_layer") for t in q)
+    assert q[0].num_params == 64 * 64
+    assert torch.equal(q[0].weight, m.model.layers[0].self_attn.q_proj.base_layer.weight)

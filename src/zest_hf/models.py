@@ -147,6 +147,8 @@ def load_model(
     auto = getattr(transformers, HEADS[head])
     if num_labels is not None and head == "seq_cls":
         kwargs["num_labels"] = num_labels
+        # A checkpoint fine-tuned on another label set has a head of another size: re-initialise it, as run_glue does.
+        kwargs.setdefault("ignore_mismatched_sizes", True)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     kwargs.setdefault("dtype", dtype or torch.float32)

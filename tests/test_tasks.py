@@ -432,8 +432,10 @@ class OracleForCausalLM(torch.nn.Module):
         super().__init__()
         self.bias = torch.nn.Parameter(torch.zeros(vocab))
         self.token_id = token_id
+        self.rows_seen = 0
 
     def forward(self, input_ids, attention_mask=None, **kw):
+        self.rows_seen += input_ids.shape[0]
         logits = torch.zeros(*input_ids.shape, self.bias.numel()) + self.bias
         logits[..., self.token_id] += 10.0
         return SimpleNamespace(logits=logits)
@@ -446,6 +448,7 @@ def test_score_choices_oracle_accuracy(minilm_tok):
     oracle = OracleForCausalLM(len(minilm_tok), minilm_tok.convert_tokens_to_ids("dog"))
     out = score_choices(oracle, minilm_tok, split, batch_size=4)
     assert out["predictions"] == [1] * 6 and out["accuracy"] == pytest.approx(4 / 6)
+    assert oracle.rows_seen == 6  # single-token choices: one prompt-only sequence per example, not one per choice
     assert oracle.training  # eval mode is restored afterwards
     task = Task("t", "classification", datasets.DatasetDict(train=split, validation=split, test=split), names)
     assert score_choices(oracle, minilm_tok, task, split="validation")["predictions"] == [1] * 6

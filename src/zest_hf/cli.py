@@ -79,6 +79,15 @@ def _cmd_contrib(args) -> int:
     return 0
 
 
+def _cmd_study(args) -> int:
+    from .study import run_study
+
+    res = run_study(args.data, args.out_dir)
+    print(res["markdown"])
+    print(f"wrote {Path(args.out_dir) / 'single_metric_taus.md'} and .png")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     """The main job on the embedded default (packaged MiniLM, BBC News)."""
     out = Path(args.out_dir)
@@ -120,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_contrib)
+
+    p = sub.add_parser("study", help="Kendall tau of every single zero-shot metric vs the ground truth (Table 1)")
+    p.add_argument("--data", default="predictors/data")
+    p.add_argument("--out-dir", default="results")
+    p.set_defaults(func=_cmd_study)
 
     p = sub.add_parser("demo", help="the main job on the packaged default (MiniLM on BBC News)")
     p.add_argument("--out-dir", default="out/demo")

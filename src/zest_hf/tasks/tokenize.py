@@ -327,28 +327,58 @@ def _device_of(model) -> torch.device:
         return torch.device("cpu")
 
 
+def _scoring_plan(enc: dict, owner: list[int]):
+    """Sequences to run and, per sequence, the (position, token, pair) log-probabilities to read from it.
+
+    A pair (example, choice) normally is its own sequence, prompt + answer, read at every answer token. When every
+    choice of an example is ONE token after the same prompt ids, the example runs once, as the prompt alone, and
+    each choice is read at the prompt's last position: the same numbers for 1/K of the compute.
+    """
+    by_example: dict[int, list[int]] = {}
+    for j, i in enumerate(owner):
+        by_example.setdefault(i, []).append(j)
+    seqs, reads = [], []
+    for pairs in by_example.values():
+        answer_start = [next(t for t, lab in enumerate(enc["labels"][j]) if lab != IGNORE_INDEX) for j in pairs]
+        single = all(len(enc["input_ids"][j]) - k == 1 for j, k in zip(pairs, answer_start))
+        prompt0 = enc["input_ids"][pairs[0]][:answer_start[0]]
+        if single and all(enc["input_ids"][j][:k] == prompt0 for j, k in zip(pairs, answer_start)):
+            seqs.append(prompt0)
+            reads.append([(len(prompt0) - 1, enc["input_ids"][j][-1], j) for j in pairs])
+            continue
+        for j, k in zip(pairs, answer_start):
+            ids = enc["input_ids"][j]
+            seqs.append(ids)
+            # Position t predicts token t + 1.
+            reads.append([(t - 1, ids[t], j) for t in range(k, len(ids))])
+    return seqs, reads
+
+
 def score_choices(model, tokenizer, task_split, *, max_length: int = 128, batch_size: int = 16,
                   normalize: bool = False, split: str = "test", answer_cue: str = DEFAULT_ANSWER_CUE) -> dict:
     """Zero-shot / evaluation accuracy of a causal LM by log-likelihood of each choice given the prompt.
 
     For every example and every choice (a classification split's choices are its label names), the score is the
-    sum of the log-probabilities of the choice's tokens after ``causal_prompt(text)``, formatted exactly as
-    :func:`tokenize_split` formats training examples; with ``normalize=True`` it is divided by the number of
-    choice tokens. The prediction is the highest-scoring choice.
+    sum of the log-probabilities of the choice's tokens after ``causal_prompt(text)``, tokenised exactly as
+    :func:`tokenize_split` tokenises training examples; with ``normalize=True`` it is divided by the number of
+    choice tokens. The prediction is the highest-scoring choice (ties: the first).
 
     Args:
         task_split: a ``datasets.Dataset`` split, or a :class:`Task` (then ``split`` picks the split).
-        batch_size: (prompt, choice) sequences per forward pass.
+        batch_size: sequences per forward pass.
 
     Returns:
         ``{"accuracy": float, "predictions": list[int], "scores": list[list[float]]}``.
 
     Runs under ``torch.no_grad()`` in eval mode (restored afterwards) on the model's device, in the model's dtype;
-    the log-softmax is computed in float32, so bf16 models score reliably.
+    the log-softmax is computed in float32, so bf16 models score reliably. An example whose choices are all single
+    tokens runs once rather than once per choice.
     """
     ds = _split_of(task_split, split)
     if model_kind(model) != "causal_lm":
         raise ValueError(f"score_choices needs a causal LM (...ForCausalLM), got {type(model).__name__}")
+    if len(ds) == 0:
+        raise ValueError("score_choices got an empty split")
     prepare_tokenizer(tokenizer, model)
     choices = _choices_of(ds)
     gold = [int(x) for x in ds["label"]]
@@ -360,34 +390,33 @@ def score_choices(model, tokenizer, task_split, *, max_length: int = 128, batch_
             answers.append(opt)
             owner.append(i)
     enc = encode_causal(tokenizer, prompts, answers, max_length=max_length)
-    rows = [{k: enc[k][j] for k in enc} for j in range(len(prompts))]
-    collate = collator_for("causal_lm", tokenizer)
+    seqs, reads = _scoring_plan(enc, owner)
+    collate = collator_for("seq_cls", tokenizer)  # plain padding of input_ids / attention_mask
     device = _device_of(model)
-    flat: list[float] = []
+    totals = torch.zeros(len(owner), dtype=torch.float64)
+    n_tokens = torch.zeros(len(owner), dtype=torch.float64)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), _right_padding(tokenizer):
-            for start in range(0, len(rows), batch_size):
-                batch = collate(rows[start:start + batch_size])
-                labels = batch["labels"].to(device)
+            for start in range(0, len(seqs), batch_size):
+                chunk = range(start, min(start + batch_size, len(seqs)))
+                batch = collate([{"input_ids": seqs[s], "attention_mask": [1] * len(seqs[s])} for s in chunk])
                 logits = model(input_ids=batch["input_ids"].to(device),
                                attention_mask=batch["attention_mask"].to(device)).logits
-                # Position t predicts token t+1; only answer positions (labels != -100) are scored.
-                target = labels[:, 1:]
-                mask = target != IGNORE_INDEX
-                picked = logits[:, :-1][mask].float().log_softmax(-1)
-                token_lp = picked.gather(-1, target[mask].unsqueeze(-1)).squeeze(-1)
-                row_of = mask.nonzero()[:, 0]
-                sums = torch.zeros(len(labels), dtype=torch.float32, device=device).index_add_(0, row_of, token_lp)
-                if normalize:
-                    sums = sums / mask.sum(1).clamp(min=1)
-                flat.extend(sums.cpu().tolist())
+                flat = [(r, pos, tok, j) for r, s in enumerate(chunk) for pos, tok, j in reads[s]]
+                rows, pos, toks, pairs = (torch.tensor(c) for c in zip(*flat))
+                # Only the positions read are normalised, in float32 (bf16 log-softmax is too coarse).
+                logp = logits[rows.to(device), pos.to(device)].float().log_softmax(-1)
+                token_lp = logp.gather(-1, toks.to(device).unsqueeze(-1)).squeeze(-1).double().cpu()
+                totals.index_add_(0, pairs, token_lp)
+                n_tokens.index_add_(0, pairs, torch.ones_like(token_lp))
     finally:
         model.train(was_training)
+    flat_scores = (totals / n_tokens.clamp(min=1) if normalize else totals).tolist()
     scores: list[list[float]] = [[] for _ in range(len(ds))]
-    for i, s in zip(owner, flat):
-        scores[i].append(s)
-    predictions = [int(np.argmax(s)) for s in scores]
-    accuracy = float(np.mean([p == g for p, g in zip(predictions, gold)])) if gold else float("nan")
+    for i, sc in zip(owner, flat_scores):
+        scores[i].append(sc)
+    predictions = [int(np.argmax(sc)) for sc in scores]
+    accuracy = float(np.mean([p == g for p, g in zip(predictions, gold)]))
     return {"accuracy": accuracy, "predictions": predictions, "scores": scores}

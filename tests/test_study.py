@@ -1,0 +1,47 @@
+"""The single-metric study on a small synthetic data set whose taus are known."""
+
+import json
+
+import pytest
+
+from zest_hf import ProbeResult
+from zest_hf.contrib import HEAD_ONLY
+from zest_hf.study import run_study
+
+
+def _write(tmp_path, scores_by_seed, metric_values):
+    names = [f"m.layers.{i}.q_proj" for i in range(len(metric_values["up"]))]
+    d = tmp_path / "contrib" / "toy"
+    d.mkdir(parents=True)
+    for seed, scores in scores_by_seed.items():
+        with (d / f"task.seed{seed}.jsonl").open("w") as fh:
+            for n, s in zip(names, scores):
+                fh.write(json.dumps({"model": "toy", "task": "task", "seed": seed, "layer": n, "type": "q",
+                                     "block": 0, "score": s, "val_acc": s, "val_loss": 1 - s, "wall_s": 1.0}) + "\n")
+            fh.write(json.dumps({"model": "toy", "task": "task", "seed": seed, "layer": HEAD_ONLY, "type": "head",
+                                 "block": -1, "score": 0.1, "val_acc": 0.1, "val_loss": 2.0, "wall_s": 1.0}) + "\n")
+    layers = [{"name": n, "type": "q", "block": i} for i, n in enumerate(names)]
+    pr = ProbeResult(layers=layers, values=metric_values, metrics=["toy"])
+    (tmp_path / "probes" / "toy").mkdir(parents=True)
+    pr.to_json(tmp_path / "probes" / "toy" / "task.json")
+
+
+def test_study_taus_ceiling_and_outputs(tmp_path):
+    n = 12
+    s0 = [i / n for i in range(n)]
+    s1 = s0[:]
+    s1[0], s1[1] = s1[1], s1[0]  # one discordant pair between seeds
+    _write(tmp_path, {0: s0, 1: s1}, {"up": list(range(n)), "down": list(range(n, 0, -1)), "flat": [1.0] * n})
+    res = run_study(tmp_path, tmp_path / "out")
+    taus = res["taus"]["toy/task"]
+    # ground truth = mean of two seeds: still increasing except a tie at the first two layers
+    assert taus["up"] == pytest.approx(1.0, abs=0.02)
+    assert taus["down"] == pytest.approx(-1.0, abs=0.02)
+    assert taus["flat"] == 0.0
+    ceil = res["ceiling"]
+    assert len(ceil) == 1
+    assert ceil["tau"][0] == pytest.approx(1 - 2 * 1 / (n * (n - 1) / 2))
+    gaps = res["gaps"].iloc[0]
+    assert gaps["head_only"] == 0.1 and gaps["best"] == pytest.approx(s0[-1])
+    for f in ("single_metric_taus.md", "single_metric_taus.png", "single_metric_taus.csv"):
+        assert (tmp_path / "out" / f).stat().st_size > 0

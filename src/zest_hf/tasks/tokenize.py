@@ -327,6 +327,18 @@ def _device_of(model) -> torch.device:
         return torch.device("cpu")
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    """Whether the (PEFT-unwrapped) model's forward takes ``logits_to_keep`` (recent transformers decoders do)."""
+    import inspect
+
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _scoring_plan(enc: dict, owner: list[int]):
     """Sequences to run and, per sequence, the (position, token, pair) log-probabilities to read from it.
 
@@ -395,6 +407,7 @@ def score_choices(model, tokenizer, task_split, *, max_length: int = 128, batch_
     device = _device_of(model)
     totals = torch.zeros(len(owner), dtype=torch.float64)
     n_tokens = torch.zeros(len(owner), dtype=torch.float64)
+    keep_positions = _accepts_logits_to_keep(model)
     was_training = model.training
     model.eval()
     try:
@@ -402,10 +415,16 @@ def score_choices(model, tokenizer, task_split, *, max_length: int = 128, batch_
             for start in range(0, len(seqs), batch_size):
                 chunk = range(start, min(start + batch_size, len(seqs)))
                 batch = collate([{"input_ids": seqs[s], "attention_mask": [1] * len(seqs[s])} for s in chunk])
-                logits = model(input_ids=batch["input_ids"].to(device),
-                               attention_mask=batch["attention_mask"].to(device)).logits
                 flat = [(r, pos, tok, j) for r, s in enumerate(chunk) for pos, tok, j in reads[s]]
                 rows, pos, toks, pairs = (torch.tensor(c) for c in zip(*flat))
+                extra = {}
+                if keep_positions:
+                    # The LM head (vocab-sized) only runs at the positions read: less compute, far less memory.
+                    kept = torch.unique(pos)
+                    extra["logits_to_keep"] = kept.to(device)
+                    pos = torch.searchsorted(kept, pos)
+                logits = model(input_ids=batch["input_ids"].to(device),
+                               attention_mask=batch["attention_mask"].to(device), **extra).logits
                 # Only the positions read are normalised, in float32 (bf16 log-softmax is too coarse).
                 logp = logits[rows.to(device), pos.to(device)].float().log_softmax(-1)
                 token_lp = logp.gather(-1, toks.to(device).unsqueeze(-1)).squeeze(-1).double().cpu()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+
 import datasets
 import numpy as np
 import torch

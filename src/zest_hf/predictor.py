@@ -1,0 +1,294 @@
+"""The ZEST predictor: a small network that scores a layer from its zero-shot metrics.
+
+Inputs, per layer (built by :func:`layer_features` from one :class:`~zest_hf.ProbeResult`):
+
+* the probe columns named in ``metrics``, normalised WITHIN the model-task so that one predictor serves models of any
+  size: ``"rank"`` maps each column to its percentile rank in [0, 1] (ties averaged); ``"zscore"`` z-scores
+  ``sign(x) * log1p(|x| / median|x|)`` (a log so that sums over matrices of very different sizes stay comparable);
+* optionally the data-free description of the layer: canonical type as a 7-way one-hot (q, k, v, o, gate, up, down;
+  a fused ``qkv`` spreads 1/3 over q, k, v and ``gate_up`` 1/2 over gate, up), relative depth, and the layer's
+  log-size z-scored within the model.
+
+Architecture: ``arch="linear"`` (one linear map to a score) or ``arch="mlp"`` (two hidden layers of ``hidden``
+units, GELU). Loss (:func:`train_predictor`): RankNet's pairwise logistic loss ``softplus(-(s_i - s_j))`` over pairs
+of layers FROM THE SAME model-task where layer i's contribution score is higher than j's; pairs with equal scores are
+skipped; every batch mixes model-tasks, each model-task equally likely.
+
+A predictor is its ``__init__`` arguments (``config.json``) plus its weights (``model.safetensors``), shipped with
+huggingface_hub's ``PyTorchModelHubMixin``; loading is strict and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from . import __version__
+
+__all__ = ["ZestPredictor", "PredictorError", "layer_features", "TYPE_SLOTS", "train_predictor", "ModelTask"]
+
+#: One-hot slots of the canonical types, and how fused types spread over them.
+TYPE_SLOTS = ("q", "k", "v", "o", "gate", "up", "down")
+_FUSED = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
+NORMALISATIONS = ("rank", "zscore")
+ARCHS = ("linear", "mlp")
+
+
+class PredictorError(ValueError):
+    """A predictor that cannot be used as asked (bad config, other metrics than the probe gives...)."""
+
+
+# ------------------------------------------------------------------------------------------------------ features
+def _rank01(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    if len(x) < 2:
+        return np.full(len(x), 0.5)
+    return (rankdata(x, method="average") - 1) / (len(x) - 1)
+
+
+def _zlog(x: np.ndarray) -> np.ndarray:
+    scale = np.median(np.abs(x))
+    if not scale > 0:
+        scale = np.mean(np.abs(x)) or 1.0
+    y = np.sign(x) * np.log1p(np.abs(x) / scale)
+    sd = y.std()
+    return (y - y.mean()) / sd if sd > 0 else np.zeros_like(y)
+
+
+def _type_onehot(types: Sequence[str]) -> np.ndarray:
+    out = np.zeros((len(types), len(TYPE_SLOTS)))
+    for i, t in enumerate(types):
+        slots = _FUSED.get(t, (t,))
+        for s in slots:
+            if s in TYPE_SLOTS:
+                out[i, TYPE_SLOTS.index(s)] = 1.0 / len(slots)
+    return out
+
+
+def layer_features(layers: Sequence[dict], values: dict[str, Sequence[float]], metrics: Sequence[str],
+                   normalization: str, prior: bool) -> np.ndarray:
+    """The predictor's input matrix (layers x features) for one model-task."""
+    cols = []
+    for m in metrics:
+        x = np.asarray(values[m], dtype=float)
+        if not np.isfinite(x).all():
+            bad = [layers[i]["name"] for i in np.where(~np.isfinite(x))[0][:3]]
+            raise PredictorError(f"metric {m!r} is NaN/inf for layers {bad}; the predictor cannot score them")
+        cols.append(_rank01(x) if normalization == "rank" else _zlog(x))
+    feats = [np.stack(cols, 1)] if cols else []
+    if prior:
+        depth = np.asarray([float(r["depth"]) for r in layers])[:, None]
+        size = np.log(np.asarray([float(r["num_params"]) for r in layers]))
+        size = (size - size.mean()) / (size.std() or 1.0)
+        feats += [_type_onehot([r["type"] for r in layers]), depth, size[:, None]]
+    if not feats:
+        raise PredictorError("a predictor needs metrics, the data-free prior, or both")
+    return np.concatenate(feats, 1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------- model
+class ZestPredictor(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="zest_hf",
+    tags=["zest", "sparse-fine-tuning", "layer-selection"],
+    license="apache-2.0",
+):
+    """Scores layers from one-batch zero-shot metrics; higher = fine-tuning that layer is predicted to help more.
+
+    Args:
+        metrics: Probe columns it reads (e.g. ``["snip_mean", "fisher_mean", ...]``); ``[]`` for a data-free prior.
+        normalization: ``"rank"`` or ``"zscore"`` (see the module docstring).
+        arch: ``"linear"`` or ``"mlp"``.
+        hidden: Hidden units per layer of the MLP.
+        prior: Whether the data-free features (type, depth, size) are inputs too.
+        zest_hf_version: The zest_hf version that wrote it (checked on load: a newer major refuses).
+        trained_on: Free-form provenance (model-tasks, seeds); shown in the card.
+
+    Example::
+
+        >>> predictor = ZestPredictor(metrics=["snip_mean", "grad_norm"], arch="linear")
+        >>> scores = predictor.score(probe_result)      # doctest: +SKIP
+    """
+
+    def __init__(self, metrics: list[str], normalization: str = "rank", arch: str = "mlp", hidden: int = 32,
+                 prior: bool = True, zest_hf_version: str = __version__, trained_on: dict | None = None):
+        super().__init__()
+        if not isinstance(metrics, (list, tuple)) or not all(isinstance(m, str) for m in metrics):
+            raise PredictorError(f"config 'metrics' must be a list of column names, got {metrics!r}")
+        if normalization not in NORMALISATIONS:
+            raise PredictorError(f"config 'normalization' must be one of {NORMALISATIONS}, got {normalization!r}")
+        if arch not in ARCHS:
+            raise PredictorError(f"config 'arch' must be one of {ARCHS}, got {arch!r}")
+        if not isinstance(hidden, int) or hidden < 1:
+            raise PredictorError(f"config 'hidden' must be a positive integer, got {hidden!r}")
+        if str(zest_hf_version).split(".")[0] > __version__.split(".")[0]:
+            raise PredictorError(f"this predictor needs zest_hf {zest_hf_version}; installed {__version__}: upgrade")
+        self.metrics = list(metrics)
+        self.normalization = normalization
+        self.arch = arch
+        self.hidden = hidden
+        self.prior = bool(prior)
+        self.zest_hf_version = zest_hf_version
+        self.trained_on = trained_on or {}
+        n_in = len(self.metrics) + (len(TYPE_SLOTS) + 2 if self.prior else 0)
+        if n_in == 0:
+            raise PredictorError("a predictor needs metrics, the data-free prior, or both")
+        self.n_features = n_in
+        if arch == "linear":
+            self.net = nn.Linear(n_in, 1)
+        else:
+            self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                     nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+    # ---- using it
+    def check_compatible(self, columns: Sequence[str]) -> None:
+        missing = [m for m in self.metrics if m not in columns]
+        if missing:
+            raise PredictorError(
+                f"this predictor was trained on metrics {self.metrics}, but the probe result lacks {missing}. "
+                f"Probe with metrics that produce them (e.g. probe(..., metrics='all')), or use a predictor "
+                "trained on the metrics you have."
+            )
+
+    def features(self, result) -> np.ndarray:
+        """Feature matrix of a :class:`~zest_hf.ProbeResult` (or anything with ``layers`` and ``values``)."""
+        self.check_compatible(list(result.values))
+        return layer_features(result.layers, result.values, self.metrics, self.normalization, self.prior)
+
+    @torch.no_grad()
+    def score(self, result) -> np.ndarray:
+        """One score per layer of ``result``, in its order."""
+        x = torch.from_numpy(self.features(result))
+        p = next(self.parameters())
+        return self(x.to(p.device, p.dtype)).float().cpu().numpy()
+
+    # ---- loading: strict, safetensors only
+    @classmethod
+    def _from_pretrained(cls, *, model_id, revision, cache_dir, force_download, local_files_only, token,
+                         map_location="cpu", strict=True, **model_kwargs):
+        return super()._from_pretrained(model_id=model_id, revision=revision, cache_dir=cache_dir,
+                                        force_download=force_download, local_files_only=local_files_only,
+                                        token=token, map_location=map_location, strict=True, **model_kwargs)
+
+    @classmethod
+    def _load_as_pickle(cls, model, model_file, map_location, strict):
+        raise PredictorError(
+            f"{model_file}: zest_hf predictors are loaded from model.safetensors only; a pickled checkpoint is "
+            "never loaded (it could run code)."
+        )
+
+    @classmethod
+    def _load_as_safetensor(cls, model, model_file, map_location, strict):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(model_file, device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise PredictorError(f"{model_file} is not a readable safetensors file ({e}); re-download or re-save "
+                                 "the predictor") from None
+        own = model.state_dict()
+        if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+            raise PredictorError(
+                f"{model_file} does not match its config.json (expected tensors "
+                f"{ {k: tuple(v.shape) for k, v in own.items()} }, found { {k: tuple(v.shape) for k, v in state.items()} })"
+            )
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        return model
+
+
+# ------------------------------------------------------------------------------------------------------ training
+@dataclass
+class ModelTask:
+    """Training material of one model-task: its features' raw inputs and ground-truth scores."""
+
+    model: str
+    task: str
+    layers: list[dict]
+    values: dict[str, list[float]]
+    scores: np.ndarray  # ground truth, aligned with layers
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}/{self.task}"
+
+
+def train_predictor(
+    data: Sequence[ModelTask],
+    metrics: Sequence[str],
+    *,
+    normalization: str = "rank",
+    arch: str = "mlp",
+    hidden: int = 32,
+    prior: bool = True,
+    steps: int = 1500,
+    batch_pairs: int = 256,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    tie_eps: float = 1e-9,
+) -> ZestPredictor:
+    """Fit a :class:`ZestPredictor` with RankNet's pairwise loss on within-model-task pairs (seeded, CPU, seconds)."""
+    if not data:
+        raise ValueError("no training model-tasks")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = ZestPredictor(list(metrics), normalization=normalization, arch=arch, hidden=hidden, prior=prior,
+                          trained_on={"model_tasks": [d.key for d in data], "seed": seed, "steps": steps})
+    feats = [torch.from_numpy(layer_features(d.layers, d.values, model.metrics, normalization, prior)) for d in data]
+    pairs = []
+    for d in data:
+        s = d.scores
+        i, j = np.where(s[:, None] - s[None, :] > tie_eps)  # i better than j
+        pairs.append((i, j))
+    usable = [k for k, (i, _) in enumerate(pairs) if len(i)]
+    if not usable:
+        raise ValueError("every training model-task has all layers tied: nothing to learn from")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    # A network this small gains nothing from intra-op threads, and loses a lot when the cores are busy.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _fit(model, opt, feats, pairs, usable, rng, steps, batch_pairs)
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    return model
+
+
+def _fit(model, opt, feats, pairs, usable, rng, steps, batch_pairs) -> None:
+    for _ in range(steps):
+        ks = rng.choice(usable, size=batch_pairs)
+        xi, xj = [], []
+        for k in np.unique(ks):
+            n = int((ks == k).sum())
+            i, j = pairs[k]
+            pick = rng.integers(0, len(i), size=n)
+            xi.append(feats[k][i[pick]])
+            xj.append(feats[k][j[pick]])
+        xi, xj = torch.cat(xi), torch.cat(xj)
+        loss = nn.functional.softplus(-(model(xi) - model(xj))).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def top_k_precision(pred: np.ndarray, truth: np.ndarray, k: int = 5) -> float:
+    """|top-k by prediction  intersect  top-k by ground truth| / k."""
+    k = min(k, len(pred))
+    a = set(np.argsort(-pred, kind="stable")[:k])
+    b = set(np.argsort(-truth, kind="stable")[:k])
+    return len(a & b) / k if k else math.nan

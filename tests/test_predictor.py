@@ -1,0 +1,114 @@
+"""The ZEST predictor on synthetic model-tasks whose right answer is known; shipping and safe loading."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import kendalltau
+
+from zest_hf import ProbeResult
+from zest_hf.predictor import ModelTask, PredictorError, ZestPredictor, layer_features, top_k_precision, train_predictor
+
+TYPES = ["q", "k", "v", "o", "gate", "up", "down"]
+
+
+def synthetic(seed, n_blocks=6, scale=1.0):
+    """A model-task where the truth is a hidden combination of two metrics (at a task-specific scale) plus noise."""
+    rng = np.random.default_rng(seed)
+    layers, a, b = [], [], []
+    for blk in range(n_blocks):
+        for t in TYPES:
+            layers.append({"name": f"m.layers.{blk}.{t}_proj", "type": t, "block": blk,
+                           "depth": blk / (n_blocks - 1), "num_params": 4096 * (3 if t in ("gate", "up", "down") else 1)})
+            a.append(rng.lognormal())
+            b.append(rng.normal())
+    a, b = np.array(a) * scale, np.array(b)
+    truth = np.log(a) - 0.5 * b + 0.1 * rng.normal(size=len(a))
+    values = {"snip": list(a), "plain": list(b), "noise": list(rng.normal(size=len(a)))}
+    return ModelTask(model=f"toy{seed}", task="t", layers=layers, values=values, scores=truth)
+
+
+def test_predictor_learns_a_combination_no_single_metric_has():
+    train = [synthetic(s, scale=10.0 ** s) for s in range(4)]
+    test = synthetic(99, scale=1e-3)
+    taus = {}
+    for arch in ("linear", "mlp"):
+        p = train_predictor(train, ["snip", "plain", "noise"], arch=arch, steps=1500, seed=0)
+        pr = ProbeResult(layers=test.layers, values=test.values, metrics=["toy"])
+        taus[arch] = kendalltau(p.score(pr), test.scores).statistic
+    best_single = max(abs(kendalltau(test.values[m], test.scores).statistic) for m in ("snip", "plain"))
+    assert taus["mlp"] > 0.8 and taus["linear"] > 0.8
+    assert taus["linear"] > best_single + 0.1
+
+
+def test_training_is_seeded():
+    train = [synthetic(s) for s in range(2)]
+    p1 = train_predictor(train, ["snip"], steps=50, seed=3)
+    p2 = train_predictor(train, ["snip"], steps=50, seed=3)
+    for (k, v), (_, w) in zip(p1.state_dict().items(), p2.state_dict().items()):
+        assert torch.equal(v, w), k
+
+
+def test_features_are_normalised_within_model_task():
+    d = synthetic(0)
+    f_rank = layer_features(d.layers, d.values, ["snip"], "rank", prior=True)
+    scaled = {k: list(np.array(v) * 1000) for k, v in d.values.items()}
+    assert np.allclose(f_rank, layer_features(d.layers, scaled, ["snip"], "rank", prior=True))
+    f_z = layer_features(d.layers, d.values, ["snip"], "zscore", prior=False)
+    assert np.allclose(f_z, layer_features(d.layers, scaled, ["snip"], "zscore", prior=False), atol=1e-5)
+    assert abs(f_z[:, 0].mean()) < 1e-5 and abs(f_z[:, 0].std() - 1) < 1e-4
+    assert f_rank.shape == (42, 1 + 7 + 2)
+    # the fused GPT-2 qkv spreads over q, k, v
+    fused = layer_features([{"name": "x", "type": "qkv", "block": 0, "depth": 0.0, "num_params": 10}],
+                           {}, [], "rank", prior=True)
+    assert np.allclose(fused[0, :3], 1 / 3) and fused[0, 3:7].sum() == 0
+
+
+def test_save_and_load_round_trip_is_strict(tmp_path):
+    p = train_predictor([synthetic(0)], ["snip", "plain"], steps=20)
+    p.save_pretrained(tmp_path / "pred")
+    files = sorted(f.name for f in (tmp_path / "pred").iterdir())
+    assert files == ["README.md", "config.json", "model.safetensors"]
+    cfg = json.loads((tmp_path / "pred" / "config.json").read_text())
+    assert cfg["metrics"] == ["snip", "plain"] and cfg["arch"] == "mlp"
+    q = ZestPredictor.from_pretrained(tmp_path / "pred")
+    for (k, v), (_, w) in zip(p.state_dict().items(), q.state_dict().items()):
+        assert torch.equal(v, w)
+    pr = ProbeResult(layers=synthetic(1).layers, values=synthetic(1).values, metrics=["toy"])
+    assert np.array_equal(p.score(pr), q.score(pr))
+
+
+def test_bad_predictor_files_give_clear_errors(tmp_path):
+    p = train_predictor([synthetic(0)], ["snip"], steps=5)
+    d = tmp_path / "pred"
+    p.save_pretrained(d)
+    # weights that do not fit the config
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["hidden"] = 7
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PredictorError, match="does not match its config"):
+        ZestPredictor.from_pretrained(d)
+    # a malformed config value
+    cfg["hidden"] = "big"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PredictorError, match="hidden"):
+        ZestPredictor.from_pretrained(d)
+    # a corrupt weights file
+    cfg["hidden"] = 32
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(PredictorError, match="not a readable safetensors"):
+        ZestPredictor.from_pretrained(d)
+
+
+def test_predictor_refuses_a_probe_with_other_metrics():
+    p = ZestPredictor(metrics=["snip", "fisher_mean"])
+    d = synthetic(0)
+    with pytest.raises(PredictorError, match="lacks \\['fisher_mean'\\]"):
+        p.score(ProbeResult(layers=d.layers, values=d.values, metrics=["toy"]))
+
+
+def test_top_k_precision():
+    assert top_k_precision(np.array([5, 4, 3, 2, 1.0]), np.array([5, 4, 3, 2, 1.0]), k=2) == 1.0
+    assert top_k_precision(np.array([1, 2, 3, 4, 5.0]), np.array([5, 4, 3, 2, 1.0]), k=2) == 0.0

@@ -112,3 +112,68 @@ def test_predictor_refuses_a_probe_with_other_metrics():
 def test_top_k_precision():
     assert top_k_precision(np.array([5, 4, 3, 2, 1.0]), np.array([5, 4, 3, 2, 1.0]), k=2) == 1.0
     assert top_k_precision(np.array([1, 2, 3, 4, 5.0]), np.array([5, 4, 3, 2, 1.0]), k=2) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ resolution
+def _cache_snapshot(cache_dir, repo_id, src_dir, commit="0123456789abcdef0123456789abcdef01234567"):
+    """Lay a predictor out exactly as huggingface_hub caches a downloaded repo."""
+    import shutil
+
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(src_dir / f, snap / f)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return commit
+
+
+def test_resolution_local_dir_bundled_name_and_cached_hub_repo(tmp_path, monkeypatch):
+    from zest_hf.hub import PredictorNotFoundError, load_predictor
+
+    p = train_predictor([synthetic(0)], ["snip"], steps=5)
+    src = tmp_path / "src" / "my-pred"
+    p.save_pretrained(src)
+    pr = ProbeResult(layers=synthetic(2).layers, values=synthetic(2).values, metrics=["toy"])
+    want = p.score(pr)
+    # 1. a local directory
+    assert np.array_equal(load_predictor(src).score(pr), want)
+    # 2. a bundled name, found through ZEST_HF_PREDICTORS
+    monkeypatch.setenv("ZEST_HF_PREDICTORS", str(tmp_path / "src"))
+    assert np.array_equal(load_predictor("my-pred").score(pr), want)
+    # 3. a Hub repo id, served from the cache while offline (HF_HUB_OFFLINE=1 in conftest)
+    cache = tmp_path / "hf_cache"
+    commit = _cache_snapshot(cache, "someone/zest-pred", src)
+    assert np.array_equal(load_predictor("someone/zest-pred", cache_dir=cache).score(pr), want)
+    assert np.array_equal(load_predictor("someone/zest-pred", revision=commit, cache_dir=cache).score(pr), want)
+    # offline and not cached: a clear error that says what to do
+    with pytest.raises(PredictorNotFoundError, match="not in the local Hugging Face cache"):
+        load_predictor("someone/other-pred", cache_dir=cache)
+    with pytest.raises(PredictorNotFoundError, match="not a bundled predictor"):
+        load_predictor("no-such-predictor")
+
+
+def test_rank_a_model_best_first_and_json(tmp_path):
+    from conftest import tiny_llama, token_batch
+
+    import zest_hf
+    from zest_hf.rank import Ranking, rank
+
+    d = synthetic(0)
+    d.values = {"snip_mean": d.values["snip"], "grad_norm": d.values["plain"]}
+    pred = train_predictor([d], ["snip_mean", "grad_norm"], steps=20)
+    model = tiny_llama()
+    r = rank(model, token_batch(), pred)
+    scores = [l["score"] for l in r.layers]
+    assert scores == sorted(scores, reverse=True) and len(r.layers) == 14
+    assert {"name", "score", "type", "block"} <= r.layers[0].keys()
+    # the ranking is the predictor applied to the probe of exactly the metrics it needs
+    res = zest_hf.probe(model, token_batch(), ["snip", "grad_norm"])
+    direct = pred.score(res)
+    best = res.names[int(np.argmax(direct))]
+    assert r.top(1) == [best]
+    with pytest.raises(ValueError, match="between 1 and"):
+        r.top(15)
+    r.to_json(tmp_path / "ranking.json")
+    assert Ranking.from_json(tmp_path / "ranking.json").layers == r.layers

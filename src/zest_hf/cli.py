@@ -79,6 +79,37 @@ def _cmd_contrib(args) -> int:
     return 0
 
 
+def _cmd_rank(args) -> int:
+    from .plot import layer_heatmap
+    from .rank import rank
+    from .workflow import prepare
+
+    prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size, max_length=args.max_length,
+                   seed=args.seed, split_seed=args.split_seed, dtype=args.dtype, device=args.device)
+    ranking = rank(prep.model, prep.batch, args.predictor, revision=args.revision, seed=args.seed,
+                   progress=not args.quiet)
+    ranking.meta.update({"model": args.model, "task": prep.task.name, "seed": args.seed})
+    print(f"# {len(ranking.layers)} layers of {args.model} on {prep.task.name}, ranked by predictor "
+          f"{ranking.predictor} (batch seed {args.seed})")
+    for i, r in enumerate(ranking.layers[: args.top], start=1):
+        print(f"{i:4d}  {r['score']:+.4f}  {r['type']:5s} {r['block']:3d}  {r['name']}")
+    if args.out:
+        ranking.to_json(args.out)
+        print(f"wrote {args.out}")
+    if args.plot:
+        layer_heatmap(ranking.layers, [r["score"] for r in ranking.layers], args.plot, label="predicted score",
+                      title=f"ZEST predictor {ranking.predictor}: {args.model} on {prep.task.name}")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from .hub import push_predictor
+
+    print(push_predictor(args.directory, args.repo_id, private=args.private, revision=args.revision))
+    return 0
+
+
 def _cmd_study(args) -> int:
     from .study import run_study
 
@@ -129,6 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_contrib)
+
+    p = sub.add_parser("rank", help="probe one batch and rank layers with a ZEST predictor")
+    _add_model_task(p)
+    p.add_argument("--predictor", default=None, help="bundled name (default), local directory, or Hub repo id")
+    p.add_argument("--revision", default=None, help="Hub revision of the predictor")
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--out", default=None, help="ranking.json")
+    p.add_argument("--plot", default=None, help="heatmap PNG of the predicted scores")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_rank)
+
+    p = sub.add_parser("push-predictor", help="upload a predictor directory to the Hub")
+    p.add_argument("directory")
+    p.add_argument("repo_id")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", default=None)
+    p.set_defaults(func=_cmd_push)
 
     p = sub.add_parser("study", help="Kendall tau of every single zero-shot metric vs the ground truth (Table 1)")
     p.add_argument("--data", default="predictors/data")

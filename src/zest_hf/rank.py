@@ -1,0 +1,91 @@
+"""Ranking for users: probe one batch, score every layer with a predictor, best first."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from .hub import load_predictor
+from .probe import ProbeResult, probe
+
+__all__ = ["Ranking", "rank", "rank_probe"]
+
+
+@dataclass
+class Ranking:
+    """Layers best first. ``layers[i]`` has ``name``, ``score``, ``type``, ``block``, ``depth``, ``num_params``."""
+
+    layers: list[dict]
+    predictor: str
+    meta: dict = field(default_factory=dict)
+
+    def top(self, k: int) -> list[str]:
+        if not 1 <= k <= len(self.layers):
+            raise ValueError(f"top_k must be between 1 and the number of candidates ({len(self.layers)}), got {k}")
+        return [r["name"] for r in self.layers[:k]]
+
+    def to_dict(self) -> dict:
+        return {"format": "zest_hf.Ranking/1", "predictor": self.predictor, "meta": self.meta, "layers": self.layers}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "Ranking":
+        d = json.loads(Path(path).read_text())
+        if d.get("format") != "zest_hf.Ranking/1":
+            raise ValueError(f"{path} is not a zest_hf ranking")
+        return cls(layers=d["layers"], predictor=d["predictor"], meta=d.get("meta", {}))
+
+
+def rank_probe(result: ProbeResult, predictor=None, revision: str | None = None) -> Ranking:
+    """Score the layers of an existing probe result."""
+    pred = load_predictor(predictor, revision=revision)
+    scores = pred.score(result)
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    keys = ("name", "type", "block", "depth", "num_params")
+    layers = [dict({k: result.layers[i][k] for k in keys}, score=float(scores[i])) for i in order]
+    label = str(predictor) if predictor is not None else "default"
+    meta = {"probe": result.meta, "predictor_metrics": pred.metrics, "revision": revision}
+    return Ranking(layers=layers, predictor=label, meta=meta)
+
+
+def rank(model: nn.Module, batch, predictor=None, *, revision: str | None = None, **probe_kwargs) -> Ranking:
+    """Probe ``model`` on ``batch`` with the metrics the predictor needs, and rank its layers.
+
+    Args:
+        model: Any transformers model with a loss head; left exactly as it was.
+        batch: One collated batch (with ``labels`` unless a causal LM).
+        predictor: A :class:`~zest_hf.predictor.ZestPredictor`, a local directory, a bundled name, or a Hub repo
+            id; ``None`` for the bundled default.
+        revision: Hub revision of the predictor (pin it for reproducible selections).
+        **probe_kwargs: Passed to :func:`zest_hf.probe` (``targets``, ``target_modules``, ``seed``...).
+
+    Example::
+
+        >>> ranking = zest_hf.rank(model, batch)          # doctest: +SKIP
+        >>> ranking.top(5)                                 # doctest: +SKIP
+    """
+    pred = load_predictor(predictor, revision=revision)
+    metrics = _metrics_for(pred.metrics)
+    result = probe(model, batch, metrics, **probe_kwargs)
+    r = rank_probe(result, pred, revision=revision)
+    r.predictor = str(predictor) if predictor is not None and not isinstance(predictor, nn.Module) else "default"
+    return r
+
+
+def _metrics_for(columns: list[str]) -> list[str]:
+    from .metrics import METRICS
+
+    by_column = {c: m.name for m in METRICS.values() for c in m.columns}
+    unknown = [c for c in columns if c not in by_column]
+    if unknown:
+        raise ValueError(f"the predictor reads columns {unknown} that no registered metric produces; it was trained "
+                         "with another zest_hf or with custom metrics: register them first")
+    return sorted({by_column[c] for c in columns}) or ["weight"]

@@ -110,6 +110,32 @@ def _cmd_push(args) -> int:
     return 0
 
 
+def _cmd_train_predictor(args) -> int:
+    from .evaluation import FEATURES, load_model_tasks
+    from .hub import write_card
+    from .predictor import train_predictor
+
+    data = load_model_tasks(args.data)
+    if args.model_filter:
+        data = [d for d in data if d.model == args.model_filter]
+    metrics = [] if args.prior_only else (args.metrics.split(",") if args.metrics else FEATURES)
+    pred = train_predictor(data, metrics, arch=args.arch, normalization=args.normalization, steps=args.steps,
+                           seed=args.seed)
+    pred.save_pretrained(args.out)
+    held = Path(args.held_out).read_text() if args.held_out and Path(args.held_out).exists() else ""
+    write_card(args.out, pred, held_out=held)
+    print(f"trained on {len(data)} model-tasks -> {args.out}")
+    return 0
+
+
+def _cmd_evaluate_predictor(args) -> int:
+    from .evaluation import run_evaluation
+
+    run_evaluation(args.data, args.out_dir, seed=args.seed)
+    print((Path(args.out_dir) / "predictor_eval.md").read_text())
+    return 0
+
+
 def _cmd_study(args) -> int:
     from .study import run_study
 
@@ -177,6 +203,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.add_argument("--revision", default=None)
     p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser("train-predictor", help="fit a ZEST predictor on predictors/data and save it (Hub layout)")
+    p.add_argument("--data", default="predictors/data")
+    p.add_argument("--out", required=True)
+    p.add_argument("--arch", default="mlp", choices=["linear", "mlp"])
+    p.add_argument("--normalization", default="rank", choices=["rank", "zscore"])
+    p.add_argument("--metrics", default=None, help="comma list of probe columns (default: every default column)")
+    p.add_argument("--prior-only", action="store_true", help="data-free prior: type, depth, size only")
+    p.add_argument("--model-filter", default=None, help="train on this model's data only")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--held-out", default=None, help="markdown file of held-out figures for the card")
+    p.set_defaults(func=_cmd_train_predictor)
+
+    p = sub.add_parser("evaluate-predictor", help="leave-one-task-out / leave-one-model-out evaluation (Table 2)")
+    p.add_argument("--data", default="predictors/data")
+    p.add_argument("--out-dir", default="results")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_evaluate_predictor)
 
     p = sub.add_parser("study", help="Kendall tau of every single zero-shot metric vs the ground truth (Table 1)")
     p.add_argument("--data", default="predictors/data")

@@ -102,3 +102,43 @@ def push_predictor(directory: str | os.PathLike, repo_id: str, *, private: bool 
     info = api.upload_folder(folder_path=str(path), repo_id=repo_id, revision=revision,
                              allow_patterns=["config.json", "model.safetensors", "README.md"])
     return str(getattr(info, "commit_url", info))
+
+
+def write_card(directory: str | os.PathLike, predictor: ZestPredictor, *, held_out: str = "", notes: str = "") -> Path:
+    """Replace the mixin's generic README.md with a model card that says what the predictor is and how it scores."""
+    from . import __version__
+
+    tasks = predictor.trained_on.get("model_tasks", [])
+    card = f"""---
+library_name: zest_hf
+license: apache-2.0
+tags: [zest, sparse-fine-tuning, layer-selection]
+---
+
+# ZEST predictor
+
+Ranks the linear projections of a transformer by how much fine-tuning each alone would help, from one-batch
+zero-shot metrics (zest_hf >= {predictor.zest_hf_version}; written by zest_hf {__version__}).
+
+```python
+import zest_hf
+ranking = zest_hf.rank(model, batch, predictor="<this repo id or directory>")
+```
+
+- Architecture: `{predictor.arch}` (hidden {predictor.hidden}), features normalised per model-task by
+  `{predictor.normalization}`, data-free prior features: {predictor.prior}.
+- Metric set (probe columns): {", ".join(predictor.metrics) or "none (data-free prior)"}.
+- Trained with RankNet's pairwise logistic loss on pairs of layers from the same model-task, seed
+  {predictor.trained_on.get("seed")}, {predictor.trained_on.get("steps")} steps.
+- Training data ({len(tasks)} model-tasks): {", ".join(tasks)}. Ground truth: validation accuracy after fine-tuning
+  one layer + head (see zest_hf's predictors/data/README.md).
+
+## Held-out figures
+
+{held_out or "(not evaluated)"}
+
+{notes}
+"""
+    path = Path(directory) / "README.md"
+    path.write_text(card)
+    return path

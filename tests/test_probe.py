@@ -341,5 +341,9 @@ def test_json_round_trip_is_exact_including_nonfinite(tmp_path):
         assert [str(v) for v in back.values[k]] == [str(v) for v in r.values[k]]
     assert back.to_pandas().shape == r.to_pandas().shape
     assert "zest_hf" in back.meta["versions"]
+    # a probe without a data pass (static metrics only) serialises too: no loss to report
+    static = probe(tiny_gpt2(), token_batch(), metrics=["weight"])
+    assert static.meta["loss"] is None
+    assert ProbeResult.from_json(static.to_json()).values == static.values
     with pytest.raises(ValueError, match="not a zest_hf probe result"):
         ProbeResult.from_dict({"format": "other"})

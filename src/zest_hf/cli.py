@@ -45,8 +45,10 @@ def _cmd_probe(args) -> int:
     df.insert(0, "rank", range(1, len(df) + 1))
     show = ["rank", "name", "type", "block", args.rank_by] + [c for c in ("snip", "fisher", "act_abs_mean")
                                                               if c in df and c != args.rank_by]
+    loss = result.meta["loss"]
     print(f"# {len(result)} layers of {args.model} on {prep.task.name}, ranked by {args.rank_by} "
-          f"(batch {list(prep.batch['input_ids'].shape)}, seed {args.seed}, loss {result.meta['loss']:.4f})")
+          f"(batch {list(prep.batch['input_ids'].shape)}, seed {args.seed}"
+          + (f", loss {loss:.4f})" if loss is not None else ")"))
     print(df[show].head(args.top).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

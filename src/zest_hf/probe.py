@@ -203,10 +203,10 @@ def probe(
     stages = ["weights"] + (["forward+backward"] if sources & {"forward", "grad", "fisher", "hessian"} else [])
     stages += ["synflow"] if "synflow" in sources else []
     bar = _progress(len(stages), progress)
-    loss_value = float("nan")
+    loss_value = None  # no data pass when only static/synflow metrics are asked for
 
     rng_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices), _borrowed(model_u, tlist, train_mode) as session:
+    with bar, torch.random.fork_rng(devices=rng_devices), _borrowed(model_u, tlist, train_mode) as session:
         torch.manual_seed(seed)
 
         t0 = time.perf_counter()
@@ -230,7 +230,6 @@ def probe(
             _synflow_pass(model_u, tlist, data, chosen, rows, session)
             timings["synflow"] = time.perf_counter() - t0
             bar.update()
-    bar.close()
 
     columns = [c for m in chosen for c in m.columns]
     values = {c: [float(r.get(c, float("nan"))) for r in rows] for c in columns}

@@ -177,3 +177,19 @@ def test_rank_a_model_best_first_and_json(tmp_path):
         r.top(15)
     r.to_json(tmp_path / "ranking.json")
     assert Ranking.from_json(tmp_path / "ranking.json").layers == r.layers
+
+
+def test_rank_by_a_single_metric_column():
+    from conftest import tiny_llama, token_batch
+
+    import zest_hf
+    from zest_hf.rank import rank
+
+    model = tiny_llama()
+    res = zest_hf.probe(model, token_batch(), ["snip"])
+    up = rank(model, token_batch(), "metric:snip_mean")
+    assert up.top(3) == res.ranking("snip_mean")[:3] and up.predictor == "metric:snip_mean"
+    down = rank(model, token_batch(), "metric:-snip_mean")
+    assert down.top(1) == res.ranking("snip_mean", descending=False)[:1]
+    with pytest.raises(ValueError, match="no registered metric"):
+        rank(model, token_batch(), "metric:nonsense")

@@ -63,7 +63,7 @@ def rank(model: nn.Module, batch, predictor=None, *, revision: str | None = None
         model: Any transformers model with a loss head; left exactly as it was.
         batch: One collated batch (with ``labels`` unless a causal LM).
         predictor: A :class:`~zest_hf.predictor.ZestPredictor`, a local directory, a bundled name, or a Hub repo
-            id; ``None`` for the bundled default.
+            id; ``None`` for the bundled default; or ``"metric:<column>"`` to rank by one probe column.
         revision: Hub revision of the predictor (pin it for reproducible selections).
         **probe_kwargs: Passed to :func:`zest_hf.probe` (``targets``, ``target_modules``, ``seed``...).
 
@@ -72,12 +72,30 @@ def rank(model: nn.Module, batch, predictor=None, *, revision: str | None = None
         >>> ranking = zest_hf.rank(model, batch)          # doctest: +SKIP
         >>> ranking.top(5)                                 # doctest: +SKIP
     """
+    if isinstance(predictor, str) and predictor.startswith("metric:"):
+        return _rank_by_column(model, batch, predictor, **probe_kwargs)
     pred = load_predictor(predictor, revision=revision)
     metrics = _metrics_for(pred.metrics)
     result = probe(model, batch, metrics, **probe_kwargs)
     r = rank_probe(result, pred, revision=revision)
     r.predictor = str(predictor) if predictor is not None and not isinstance(predictor, nn.Module) else "default"
     return r
+
+
+def _rank_by_column(model, batch, spec: str, **probe_kwargs) -> Ranking:
+    """``metric:<column>`` (largest first) or ``metric:-<column>`` (smallest first): one zero-shot metric, no
+    predictor. The baseline a predictor must beat, and a fallback when no predictor is at hand."""
+    column = spec.split(":", 1)[1]
+    descending = not column.startswith("-")
+    column = column.lstrip("-")
+    result = probe(model, batch, _metrics_for([column]), **probe_kwargs)
+    vals = result.column(column)
+    order = result.ranking(column, descending=descending)
+    idx = {n: i for i, n in enumerate(result.names)}
+    keys = ("name", "type", "block", "depth", "num_params")
+    sign = 1.0 if descending else -1.0
+    layers = [dict({k: result.layers[idx[n]][k] for k in keys}, score=sign * vals[idx[n]]) for n in order]
+    return Ranking(layers=layers, predictor=spec, meta={"probe": result.meta})
 
 
 def _metrics_for(columns: list[str]) -> list[str]:

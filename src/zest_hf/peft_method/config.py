@@ -1,0 +1,329 @@
+"""ZestConfig: what ZEST selects (size, candidates, predictor, probe) and how it trains the selection (full or LoRA).
+
+A config is *unresolved* until :func:`zest_hf.select` (or :func:`zest_hf.prepare_trainer`) probes one batch and fills
+``selected_modules`` / ``selection_scores`` / ``modules_to_save``. From then on it is plain data: it is written with
+the adapter (``adapter_config.json`` in full mode, ``zest_selection.json`` beside the stock LoRA config in LoRA mode),
+reloads with :meth:`ZestConfig.from_pretrained` or :meth:`ZestConfig.from_json`, and never probes again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+from peft import LoraConfig, PeftConfig
+
+from ..hub import DEFAULT_PREDICTOR
+from ..selection import SelectionError, check_size
+
+__all__ = ["ZestConfig", "ZestLoraConfig", "PEFT_TYPE", "PREFIX", "MODES", "SELECTION_FILE", "ZestNotSelectedError"]
+
+MODES = ("full", "lora")
+PREFIX = "zest_"
+#: Written beside a LoRA-mode adapter's stock ``adapter_config.json``; stock peft ignores it.
+SELECTION_FILE = "zest_selection.json"
+
+
+class ZestPeftType(str):
+    """``"ZEST"`` behaving like a member of peft's ``PeftType`` str-enum (transformers reads ``peft_type.value``).
+
+    peft's enum is closed to third parties, but its mappings are plain dicts keyed by the str value, so a str that
+    also has ``.value`` and ``.name`` is found everywhere a ``PeftType`` is."""
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+    def __reduce__(self):
+        return (ZestPeftType, (str(self),))
+
+
+PEFT_TYPE = ZestPeftType("ZEST")
+
+
+class ZestNotSelectedError(SelectionError):
+    """A ZestConfig without a selection was asked to build a model; the message says how to resolve it."""
+
+
+@dataclass
+class ZestConfig(PeftConfig):
+    """Configuration of ZEST: rank every candidate projection from one batch, train only the best ones plus the head.
+
+    Args:
+        top_k (`int`, *optional*):
+            Train the `top_k` best-ranked layers. Give either `top_k` or `budget` (or a ready `selected_modules`).
+        budget (`float`, *optional*):
+            Train the longest run of best-ranked layers whose parameters (weight + bias) add up to at most this
+            fraction, in (0, 1], of all candidate layers' parameters. The head is not counted.
+        candidates (`Union[list[str], str]`, *optional*):
+            The layers ZEST may choose from. `None` (default): every projection inside a numbered block that
+            `zest_hf.find_targets` knows for the architecture (q/k/v/o/gate/up/down and their BERT, GPT-2, T5...
+            names). A string is a regular expression `re.fullmatch`-ed against full module names; a list matches
+            names exactly or as a dot-bounded suffix.
+        exclude_modules (`Union[list[str], str]`, *optional*):
+            Candidates to leave out, in the same forms as `candidates`.
+        mode (`str`, defaults to `"full"`):
+            `"full"`: train the selected weights (and biases) themselves, in place; everything else is frozen.
+            `"lora"`: train LoRA adapters (`r`, `lora_alpha`, `lora_dropout`) on the selected modules only; the saved
+            adapter is a stock peft LoRA adapter with the exact module names as `target_modules`.
+        r (`int`, defaults to 8):
+            LoRA rank (mode `"lora"` only).
+        lora_alpha (`int`, defaults to 8):
+            LoRA scaling numerator, the update is scaled by `lora_alpha / r` (mode `"lora"` only).
+        lora_dropout (`float`, defaults to 0.0):
+            Dropout on the LoRA branch's input (mode `"lora"` only).
+        predictor (`str`, defaults to `"zest-universal"`):
+            What ranks the layers: a bundled predictor name, a local directory, a Hub repo id, or
+            `"metric:<probe column>"` (e.g. `"metric:grad_norm"`) to rank by one zero-shot metric, largest first.
+        predictor_revision (`str`, *optional*):
+            Hub revision of the predictor; pin it for reproducible selections. (peft's own `revision` field is the
+            base model's revision, hence the longer name.)
+        modules_to_save (`list[str]`, *optional*):
+            The task head, trained in full and saved with the adapter. `None`: detected at selection time
+            (`classifier` for BERT-style, `score` for Llama-style sequence classifiers, multiple-choice heads...;
+            nothing for a causal LM, whose `lm_head` is usually tied to the embeddings). `[]`: no head.
+        probe_batch_size (`int`, *optional*):
+            Examples in the batch `zest_hf.prepare_trainer` draws from the Trainer's training data for the probe
+            (default: the Trainer's per-device train batch size). `zest_hf.select` probes the batch it is given.
+        probe_seed (`int`, defaults to 0):
+            Seeds the probe (and the draw of the Trainer's probe batch); the caller's random state is restored.
+        selected_modules (`list[str]`, *optional*):
+            The resolved selection: exact full module names, best first. Filled by `zest_hf.select`; a config that
+            has it never probes again. Set it yourself to train a fixed set of layers.
+        selection_scores (`list[float]`, *optional*):
+            The predictor's score of each selected module, aligned with `selected_modules` (`None` for a selection
+            given by hand).
+        selection_info (`dict`, *optional*):
+            How the selection was made (predictor, candidates, parameter counts, probe batch shape and loss).
+        target_modules (`list[str]`, *optional*):
+            Kept equal to `selected_modules` for peft's tooling; not an input (use `candidates`).
+        target_parameters (`list[str]`, *optional*):
+            Not supported by ZEST; must stay `None`. Present because peft reads it from every config.
+
+    Example::
+
+        >>> import peft, zest_hf
+        >>> cfg = zest_hf.select(model, batch, zest_hf.ZestConfig(top_k=4))   # doctest: +SKIP
+        >>> model = peft.get_peft_model(model, cfg)                          # doctest: +SKIP
+    """
+
+    top_k: Optional[int] = field(default=None, metadata={"help": "Number of best-ranked layers to train."})
+    budget: Optional[float] = field(
+        default=None,
+        metadata={"help": "Fraction in (0, 1] of the candidate layers' parameters that the selection may hold."},
+    )
+    candidates: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Layers ZEST may choose from (regex or list of names); None: every known projection."},
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Candidates to leave out (regex or list of names)."}
+    )
+    mode: str = field(default="full", metadata={"help": "'full': train the selected weights; 'lora': LoRA on them."})
+    r: int = field(default=8, metadata={"help": "LoRA rank (mode 'lora')."})
+    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha (mode 'lora')."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (mode 'lora')."})
+    predictor: Optional[str] = field(
+        default=DEFAULT_PREDICTOR,
+        metadata={"help": "Predictor name, directory or Hub id, or 'metric:<probe column>'."},
+    )
+    predictor_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the predictor."})
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "The task head, trained and saved; None: detected; []: none."}
+    )
+    probe_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "Examples in the Trainer probe batch (default: the train batch size)."}
+    )
+    probe_seed: int = field(default=0, metadata={"help": "Seed of the probe and of the probe batch draw."})
+    selected_modules: Optional[list[str]] = field(
+        default=None, metadata={"help": "Resolved selection: exact module names, best first (filled by select)."}
+    )
+    selection_scores: Optional[list[float]] = field(
+        default=None, metadata={"help": "Scores of the selected modules, aligned with selected_modules."}
+    )
+    selection_info: Optional[dict] = field(default=None, metadata={"help": "How the selection was made."})
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Mirror of selected_modules for peft; not an input (use candidates)."}
+    )
+    target_parameters: Optional[list[str]] = field(default=None, metadata={"help": "Not supported; keep None."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = PEFT_TYPE
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.target_parameters:
+            raise ValueError("ZestConfig does not support target_parameters; leave it None")
+        if isinstance(self.predictor, os.PathLike):
+            self.predictor = os.fspath(self.predictor)
+        if self.predictor is not None and not isinstance(self.predictor, str):
+            raise TypeError(
+                f"predictor must be a name, a directory or 'metric:<column>', got {type(self.predictor).__name__}; "
+                "save a ZestPredictor object with .save_pretrained(dir) and pass the directory"
+            )
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"r must be an integer >= 1, got {self.r!r}")
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        size = self.probe_batch_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"probe_batch_size must be an integer >= 1, got {self.probe_batch_size!r}")
+        if self.modules_to_save is not None:
+            self.modules_to_save = [self.modules_to_save] if isinstance(self.modules_to_save, str) else list(
+                self.modules_to_save)
+        if self.selected_modules is None:
+            if self.target_modules is not None:
+                raise ValueError(
+                    "ZestConfig chooses target_modules itself. To restrict what it may choose, pass "
+                    "candidates=...; to train a fixed set of modules, pass selected_modules=[full names]."
+                )
+            check_size(self.top_k, self.budget)
+            return
+        self._check_resolved()
+
+    def _check_resolved(self) -> None:
+        if isinstance(self.selected_modules, str) or not self.selected_modules:
+            raise ValueError(f"selected_modules must be a non-empty list of full module names, got "
+                             f"{self.selected_modules!r}")
+        self.selected_modules = [str(n) for n in self.selected_modules]
+        if len(set(self.selected_modules)) != len(self.selected_modules):
+            raise ValueError(f"selected_modules has duplicates: {self.selected_modules}")
+        if self.selection_scores is not None:  # None for a selection given by hand
+            self.selection_scores = [float(s) for s in self.selection_scores]
+            if len(self.selection_scores) != len(self.selected_modules):
+                raise ValueError(f"selection_scores has {len(self.selection_scores)} entries for "
+                                 f"{len(self.selected_modules)} selected modules")
+        if self.top_k is not None or self.budget is not None:
+            check_size(self.top_k, self.budget)
+        targets = self.target_modules
+        if targets is not None and (isinstance(targets, str) or set(targets) != set(self.selected_modules)):
+            raise ValueError(
+                f"target_modules ({targets!r}) must equal selected_modules ({self.selected_modules}); ZestConfig "
+                "keeps them equal. Set selected_modules only."
+            )
+        self.target_modules = list(self.selected_modules)
+
+    # ------------------------------------------------------------------------------------------------- selection
+    @property
+    def is_resolved(self) -> bool:
+        """True once the selection is known: the config then never probes again."""
+        return self.selected_modules is not None
+
+    def resolved(self, chosen, modules_to_save: list[str] | None = None, info: dict | None = None) -> "ZestConfig":
+        """A copy holding the selection ``chosen`` = ``[(name, score), ...]`` (best first)."""
+        chosen = list(chosen)
+        return dataclasses.replace(
+            self,
+            selected_modules=[n for n, _ in chosen],
+            selection_scores=[float(s) for _, s in chosen],
+            modules_to_save=list(modules_to_save) if modules_to_save is not None else self.modules_to_save,
+            selection_info=dict(info) if info is not None else self.selection_info,
+            target_modules=None,
+        )
+
+    def require_resolved(self) -> None:
+        if not self.is_resolved:
+            raise ZestNotSelectedError(
+                "this ZestConfig has no selection yet: resolve it first with "
+                "zest_hf.select(model, batch, config) (one batch of your training data), or use "
+                "zest_hf.prepare_trainer(trainer, config) with a transformers Trainer, or load a resolved config "
+                "with ZestConfig.from_pretrained(adapter_dir) / ZestConfig.from_json(path)."
+            )
+
+    def score_of(self, name: str) -> float:
+        if self.selection_scores is None:
+            return float("nan")
+        return self.selection_scores[self.selected_modules.index(name)]
+
+    def to_lora_config(self) -> "ZestLoraConfig":
+        """The stock LoRA config of this selection: exact module names as ``target_modules``, the head as
+        ``modules_to_save``. It writes ``zest_selection.json`` beside its ``adapter_config.json`` when saved."""
+        self.require_resolved()
+        cfg = ZestLoraConfig(
+            target_modules=list(self.selected_modules),
+            modules_to_save=list(self.modules_to_save) if self.modules_to_save else None,
+            r=self.r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            task_type=self.task_type,
+            base_model_name_or_path=self.base_model_name_or_path,
+            revision=self.revision,
+            inference_mode=self.inference_mode,
+        )
+        cfg.zest_config = self
+        return cfg
+
+    # ------------------------------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["peft_type"] = str(self.peft_type)
+        return d
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """The config as JSON (what ``adapter_config.json`` holds); written to ``path`` if given."""
+        d = self.to_dict()
+        for k, v in d.items():
+            if isinstance(v, set):
+                d[k] = sorted(v)
+        text = json.dumps(d, indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, path_or_text: str | os.PathLike) -> "ZestConfig":
+        """Load a config written by :meth:`to_json` (or a ZEST ``adapter_config.json``)."""
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            text = Path(path_or_text).read_text()
+        d = json.loads(text)
+        if d.get("peft_type", "ZEST") != "ZEST":
+            raise ValueError(f"not a ZEST config (peft_type={d.get('peft_type')!r})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names and k != "peft_type"})
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder: Optional[str] = None, **kwargs):
+        """Load the ZEST config of a saved adapter or Trainer checkpoint.
+
+        Reads a full-mode adapter's ``adapter_config.json``, or a LoRA-mode adapter's ``zest_selection.json``, or a
+        JSON file written by :meth:`to_json`; Hub repo ids go through peft's usual loader.
+        """
+        path = Path(pretrained_model_name_or_path)
+        if subfolder:
+            path = path / subfolder
+        if path.is_file():
+            return cls.from_json(path)
+        if path.is_dir():
+            adapter_cfg = path / "adapter_config.json"
+            if adapter_cfg.is_file() and json.loads(adapter_cfg.read_text()).get("peft_type") == "ZEST":
+                return cls.from_json(adapter_cfg)
+            if (path / SELECTION_FILE).is_file():
+                return cls.from_json(path / SELECTION_FILE)
+            raise SelectionError(
+                f"{path} holds no ZEST selection (neither a ZEST adapter_config.json nor {SELECTION_FILE}); it was not "
+                "saved by a ZEST model."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+
+
+class ZestLoraConfig(LoraConfig):
+    """A stock :class:`peft.LoraConfig` (same fields, same ``adapter_config.json``) that also records the ZEST
+    selection it came from in ``zest_selection.json``. Stock peft, without zest_hf, loads what it saves."""
+
+    zest_config = None  # a plain class attribute, not a dataclass field: it stays out of adapter_config.json
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        super().save_pretrained(save_directory, **kwargs)
+        if self.zest_config is not None:
+            self.zest_config.to_json(Path(save_directory) / SELECTION_FILE)

@@ -1,0 +1,345 @@
+"""ZEST as a peft method: registration, the config's checks, selection, full mode (in place, exact round trip, merge),
+LoRA mode (a stock LoRA adapter that stock peft loads without zest_hf), and the bad inputs."""
+
+import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import peft
+import pytest
+import torch
+import transformers
+from conftest import tiny_bert_cls, tiny_llama, token_batch
+from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file
+from torch import nn
+
+import zest_hf
+import zest_hf.rank
+from zest_hf import MissingLabelsError, NoTargetsError, SelectionError, ZestConfig
+from zest_hf.peft_method import PEFT_TYPE, SELECTION_FILE, ZestAdapterError, ZestLayer, ZestModel, register
+from zest_hf.peft_method.config import ZestNotSelectedError
+from zest_hf.selection import choose
+
+PRED = "metric:grad_norm"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cls_batch():
+    b = token_batch()
+    b["labels"] = torch.tensor([0, 1, 2, 1])
+    return b
+
+
+def resolved(model, batch, **kw):
+    return zest_hf.select(model, batch, ZestConfig(predictor=PRED, **kw))
+
+
+def train_steps(model, batch, steps=3, lr=0.05):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
+def storage_bytes(model):
+    seen = {}
+    for p in model.parameters():
+        seen[p.untyped_storage().data_ptr()] = p.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+# ------------------------------------------------------------------------------------------------ registration
+def test_import_registers_zest_idempotently_and_tolerates_missing_registries(monkeypatch):
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+
+    assert PEFT_TYPE_TO_CONFIG_MAPPING["ZEST"] is ZestConfig and PEFT_TYPE_TO_TUNER_MAPPING["ZEST"] is ZestModel
+    assert PEFT_TYPE_TO_PREFIX_MAPPING["ZEST"] == "zest_"
+    sizes = [len(d) for d in (PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING)]
+    register()
+    register()
+    assert sizes == [len(d) for d in (PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING,
+                                      PEFT_TYPE_TO_PREFIX_MAPPING)]
+    monkeypatch.delattr(peft.mapping, "PEFT_TYPE_TO_PREFIX_MAPPING")
+    done = register()
+    assert "peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING" in done and not any("PREFIX" in d for d in done)
+    # transformers reads peft_type.value; peft's dicts are keyed by the plain string
+    cfg = ZestConfig(top_k=2)
+    assert cfg.peft_type == "ZEST" and cfg.peft_type.value == "ZEST" and cfg.peft_type is PEFT_TYPE
+    assert json.loads(cfg.to_json())["peft_type"] == "ZEST"
+
+
+# ------------------------------------------------------------------------------------------------------ config
+def test_config_documents_every_field():
+    own = [f for f in dataclasses.fields(ZestConfig) if f.name not in {g.name for g in dataclasses.fields(
+        peft.PeftConfig)}]
+    assert {f.name for f in own} >= {"top_k", "budget", "candidates", "mode", "r", "lora_alpha", "lora_dropout",
+                                     "predictor", "predictor_revision", "modules_to_save", "probe_batch_size",
+                                     "probe_seed", "selected_modules", "selection_scores"}
+    for f in own:
+        assert f"{f.name} (`" in ZestConfig.__doc__, f.name
+        assert f.metadata.get("help"), f.name
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"top_k": 0}, "top_k must be >= 1"),
+    ({"top_k": -3}, "top_k must be >= 1"),
+    ({"top_k": 2.5}, "top_k must be an integer"),
+    ({"top_k": True}, "top_k must be an integer"),
+    ({"budget": 0.0}, r"budget must be a fraction in \(0, 1\]"),
+    ({"budget": 1.5}, r"budget must be a fraction in \(0, 1\]"),
+    ({"budget": float("nan")}, r"budget must be a fraction in \(0, 1\]"),
+    ({"top_k": 2, "budget": 0.1}, "not both"),
+    ({}, "give top_k"),
+    ({"top_k": 2, "mode": "half"}, "mode must be one of"),
+    ({"top_k": 2, "r": 0}, "r must be an integer >= 1"),
+    ({"top_k": 2, "lora_dropout": 1.0}, r"lora_dropout must be in \[0, 1\)"),
+    ({"top_k": 2, "target_modules": ["q_proj"]}, "chooses target_modules itself"),
+    ({"selected_modules": ["a", "a"]}, "duplicates"),
+    ({"selected_modules": ["a", "b"], "selection_scores": [1.0]}, "1 entries for 2"),
+])
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ZestConfig(**kwargs)
+
+
+def test_resolved_config_round_trips_through_json(tmp_path):
+    model = tiny_llama()
+    cfg = resolved(model, token_batch(), top_k=3, mode="lora", r=4)
+    assert cfg.is_resolved and cfg.target_modules == cfg.selected_modules and cfg.modules_to_save == []
+    cfg.to_json(tmp_path / "zest.json")
+    back = ZestConfig.from_json(tmp_path / "zest.json")
+    assert back.to_dict() == cfg.to_dict()
+    assert ZestConfig.from_pretrained(tmp_path / "zest.json").selected_modules == cfg.selected_modules
+    with pytest.raises(SelectionError, match="holds no ZEST selection"):
+        ZestConfig.from_pretrained(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------- selection
+def test_choose_top_k_and_budget_prefix():
+    rows = [{"name": "a", "score": 3.0, "num_params": 40}, {"name": "b", "score": 2.0, "num_params": 50},
+            {"name": "c", "score": 1.0, "num_params": 10}]
+    assert choose(rows, top_k=2) == [("a", 3.0), ("b", 2.0)]
+    assert choose(rows, budget=0.5) == [("a", 3.0)]  # c would fit too, but never jumps ahead of b
+    assert choose(rows, budget=0.9) == [("a", 3.0), ("b", 2.0)]
+    assert choose(rows, budget=1.0) == [("a", 3.0), ("b", 2.0), ("c", 1.0)]
+    with pytest.raises(SelectionError, match="raise the budget to at least 0.4"):
+        choose(rows, budget=0.1)
+    with pytest.raises(SelectionError, match="only 3 candidate layers"):
+        choose(rows, top_k=4)
+
+
+def test_select_ranks_by_the_probe_and_detects_the_head():
+    model = tiny_bert_cls()
+    batch = cls_batch()
+    cfg = resolved(model, batch, top_k=3)
+    by_column = zest_hf.probe(model, batch, ["grad_norm"]).ranking("grad_norm")
+    assert cfg.selected_modules == by_column[:3]
+    assert cfg.selection_scores == sorted(cfg.selection_scores, reverse=True)
+    assert cfg.modules_to_save == ["classifier"] and cfg.selection_info["num_candidates"] == 12
+    budgeted = resolved(model, batch, budget=0.3)
+    assert sum(t.num_params for t in zest_hf.find_targets(model) if t.name in budgeted.selected_modules) <= (
+        0.3 * budgeted.selection_info["candidate_params"])
+
+
+def test_select_bad_inputs_fail_before_probing(monkeypatch):
+    def no_probe(*a, **k):
+        raise AssertionError("probed")
+
+    monkeypatch.setattr(zest_hf.rank, "rank", no_probe)
+    model, batch = tiny_bert_cls(), cls_batch()
+    with pytest.raises(SelectionError, match="top_k=13 but the model has only 12 candidate layers"):
+        zest_hf.select(model, batch, ZestConfig(top_k=13, predictor=PRED))
+    with pytest.raises(NoTargetsError, match="matched no linear layer"):
+        zest_hf.select(model, batch, ZestConfig(top_k=1, candidates=r"nothing\..*", predictor=PRED))
+    mlp = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(NoTargetsError, match="no linear projection"):
+        zest_hf.select(mlp, batch, ZestConfig(top_k=1, predictor=PRED))
+    unlabelled = token_batch()
+    with pytest.raises(MissingLabelsError, match="no 'labels'"):
+        zest_hf.select(model, unlabelled, ZestConfig(top_k=1, predictor=PRED))
+    fixed = ZestConfig(selected_modules=["bert.encoder.layer.1.output.dense"], modules_to_save=["classifier"])
+    assert zest_hf.select(model, batch, fixed) is fixed  # resolved: no probe
+
+
+# --------------------------------------------------------------------------------------------------- full mode
+def test_full_mode_trains_the_selected_weights_in_place():
+    model = tiny_bert_cls()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    params_before = dict(model.named_parameters())
+    bytes_before = storage_bytes(model)
+    cfg = resolved(model, cls_batch(), top_k=3)
+    pm = peft.get_peft_model(model, cfg)
+
+    # no copy of any selected weight: the trained tensors are the model's own parameters
+    layers = {n.removeprefix("base_model.model."): m for n, m in pm.named_modules() if isinstance(m, ZestLayer)}
+    assert sorted(layers) == sorted(cfg.selected_modules)
+    for name, layer in layers.items():
+        assert layer.base_layer.weight is params_before[f"{name}.weight"]
+    head_bytes = sum(p.numel() * p.element_size() for p in model.classifier.modules_to_save.parameters())
+    assert storage_bytes(pm) - bytes_before == head_bytes  # the head's trainable copy, nothing else
+
+    selected = {f"{n}.{p}" for n in cfg.selected_modules for p in ("weight", "bias")}
+    trainable = {n.removeprefix("base_model.model.").replace(".zest_layer.default", "").replace(
+        ".modules_to_save.default", "") for n, p in pm.named_parameters() if p.requires_grad}
+    assert trainable == selected | {"classifier.weight", "classifier.bias"}
+
+    train_steps(pm, cls_batch())
+    for n, p in params_before.items():  # injection kept every parameter object: compare them directly
+        if n in selected:
+            assert not torch.equal(p, before[n]), n
+        else:
+            assert torch.equal(p, before[n]), n  # frozen: bit-identical (the original head included)
+    assert not torch.equal(model.classifier.modules_to_save["default"].weight, before["classifier.weight"])
+    with pytest.raises(ZestAdapterError, match="no untouched base model"):
+        with pm.disable_adapter():
+            pass
+
+
+def test_full_mode_save_load_round_trip_is_exact_and_merges_to_a_plain_model(tmp_path):
+    model = tiny_bert_cls()
+    original = copy.deepcopy(model)
+    batch = cls_batch()
+    cfg = resolved(model, batch, top_k=2)
+    pm = peft.get_peft_model(model, cfg)
+    train_steps(pm, batch)
+    with torch.no_grad():
+        ref = pm(**batch).logits
+    pm.save_pretrained(tmp_path / "ad")
+
+    saved = load_file(tmp_path / "ad" / "adapter_model.safetensors")
+    expected = {f"base_model.model.{n}.zest_layer.{p}" for n in cfg.selected_modules for p in ("weight", "bias")}
+    assert set(saved) == expected | {"base_model.model.classifier.weight", "base_model.model.classifier.bias"}
+    assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["selected_modules"] == cfg.selected_modules
+
+    loaded = PeftModel.from_pretrained(copy.deepcopy(original), tmp_path / "ad")
+    assert loaded.peft_config["default"].selected_modules == cfg.selected_modules  # no new probe, same choice
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, ref)
+
+    via_transformers = copy.deepcopy(original)  # transformers' own adapter loader (pipelines use it) too
+    via_transformers.load_adapter(str(tmp_path / "ad"))
+    with torch.no_grad():
+        assert torch.equal(via_transformers.eval()(**batch).logits, ref)
+
+    merged = loaded.merge_and_unload()
+    assert type(merged) is type(original) and not any(isinstance(m, BaseTunerLayer) for m in merged.modules())
+    trained = {n.replace(".zest_layer.default", "").replace(".modules_to_save.default", ""): p for n, p in
+               pm.get_base_model().named_parameters() if ".original_module." not in n}
+    merged_sd = merged.state_dict()
+    assert set(merged_sd) == set(original.state_dict())
+    for n, p in trained.items():
+        assert torch.equal(merged_sd[n], p), n
+    with torch.no_grad():
+        assert torch.equal(merged(**batch).logits, ref)
+
+
+def test_full_mode_refuses_what_does_not_fit_before_touching_the_model(tmp_path):
+    llama = tiny_llama()
+    state = {k: v.clone() for k, v in llama.state_dict().items()}
+    wrong = ZestConfig(selected_modules=["model.layers.7.mlp.down_proj"])
+    for mode in ("full", "lora"):
+        with pytest.raises(SelectionError, match="do not exist in LlamaForCausalLM"):
+            peft.get_peft_model(llama, dataclasses.replace(wrong, mode=mode))
+    with pytest.raises(ZestNotSelectedError, match="zest_hf.select"):
+        peft.get_peft_model(llama, ZestConfig(top_k=2))
+    assert not any(isinstance(m, BaseTunerLayer) for m in llama.modules())
+    assert all(torch.equal(v, state[k]) for k, v in llama.state_dict().items())
+    assert all(p.requires_grad for p in llama.parameters())
+
+    # an adapter saved from BERT does not load onto Llama
+    bert = tiny_bert_cls()
+    peft.get_peft_model(bert, resolved(bert, cls_batch(), top_k=1)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(SelectionError, match="do not exist"):
+        PeftModel.from_pretrained(tiny_llama(), tmp_path / "bert")
+
+    # a weights file from another selection is refused before any weight is overwritten
+    base = tiny_bert_cls()
+    cfg_path = tmp_path / "bert" / "adapter_config.json"
+    d = json.loads(cfg_path.read_text())
+    other = next(t.name for t in zest_hf.find_targets(base) if t.name not in d["selected_modules"])
+    d["selected_modules"] = d["target_modules"] = [other]
+    cfg_path.write_text(json.dumps(d))
+    params = dict(base.named_parameters())
+    snapshot = {k: v.detach().clone() for k, v in params.items()}
+    with pytest.raises(SelectionError, match="do not match this model's ZEST selection"):
+        PeftModel.from_pretrained(base, tmp_path / "bert")
+    assert all(torch.equal(params[k], v) for k, v in snapshot.items())
+
+
+# --------------------------------------------------------------------------------------------------- LoRA mode
+def test_lora_mode_saves_a_stock_lora_adapter_that_stock_peft_loads_without_zest_hf(tmp_path):
+    model = tiny_bert_cls()
+    model.save_pretrained(tmp_path / "base")
+    batch = cls_batch()
+    cfg = resolved(model, batch, top_k=2, mode="lora", r=4, lora_alpha=8)
+    pm = peft.get_peft_model(model, cfg)
+    lora_cfg = pm.peft_config["default"]
+    assert isinstance(lora_cfg, peft.LoraConfig) and set(lora_cfg.target_modules) == set(cfg.selected_modules)
+    trainable = {n for n, p in pm.named_parameters() if p.requires_grad}
+    assert {n.split(".lora_")[0].removeprefix("base_model.model.") for n in trainable if ".lora_" in n} == set(
+        cfg.selected_modules)
+    assert all(".lora_" in n or ".modules_to_save." in n for n in trainable)
+    train_steps(pm, batch)
+    with torch.no_grad():
+        ref = pm(**batch).logits
+    pm.save_pretrained(tmp_path / "ad")
+
+    written = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert written["peft_type"] == "LORA" and sorted(written["target_modules"]) == sorted(cfg.selected_modules)
+    assert written["modules_to_save"] == ["classifier"] and written["r"] == 4
+    assert not set(written) - {f.name for f in dataclasses.fields(peft.LoraConfig)} - {"auto_mapping"}
+    again = ZestConfig.from_pretrained(tmp_path / "ad")  # the selection survives, beside the stock config
+    assert again.mode == "lora" and again.selected_modules == cfg.selected_modules
+    assert (tmp_path / "ad" / SELECTION_FILE).is_file()
+
+    loaded = PeftModel.from_pretrained(type(model).from_pretrained(tmp_path / "base"), tmp_path / "ad")
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, ref)
+
+    torch.save({"batch": batch, "ref": ref}, tmp_path / "ref.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch, transformers
+        from peft import PeftModel
+        torch.set_num_threads(1)
+        base = transformers.AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'base')!r})
+        model = PeftModel.from_pretrained(base, {str(tmp_path / 'ad')!r}).eval()
+        d = torch.load({str(tmp_path / 'ref.pt')!r})
+        with torch.no_grad():
+            out = model(**d["batch"]).logits
+        assert "zest_hf" not in sys.modules, "zest_hf was imported"
+        assert torch.equal(out, d["ref"]), (out - d["ref"]).abs().max()
+        print("STOCK-OK", type(model.peft_config["default"]).__name__)
+    """)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "STOCK-OK LoraConfig" in run.stdout
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_saved_target_modules_stay_exact_names_with_many_layers(tmp_path, mode):
+    # peft rewrites lists of >= 20 target names into shortest suffixes ("down_proj", "1.self_attn.k_proj"...)
+    cfg = transformers.LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=4, pad_token_id=0)
+    model = transformers.LlamaForCausalLM(cfg)
+    sel = resolved(model, token_batch(batch=2, length=8), top_k=20, mode=mode)
+    peft.get_peft_model(model, sel).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"]
+    assert sorted(saved) == sorted(sel.selected_modules)

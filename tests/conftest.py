@@ -58,6 +58,15 @@ def tiny_dir(tmp_path_factory):
     return d
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread, and do not fight a busy machine's other cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

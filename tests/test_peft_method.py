@@ -29,12 +29,7 @@ from zest_hf.selection import choose
 PRED = "metric:grad_norm"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cls_batch():

@@ -104,3 +104,19 @@ def test_bad_input_fails_before_training(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="another budget"):
         collect_contributions(str(tiny_dir), "bbc_news", out, budget=ContribBudget(steps=4, batch_size=4,
                               max_length=16, eval_examples=12), layers=[], progress=False)
+
+
+def test_cached_and_naive_runs_of_one_layer_give_the_same_result(tiny_dir):
+    from zest_hf.contrib import setup_contributions
+
+    setup = setup_contributions(str(tiny_dir), "bbc_news", seed=2, budget=SMALL)
+    before = {k: v.clone() for k, v in setup.model.state_dict().items()}
+    t = [t for t in setup.targets if t.block == 1][0]
+    cached = setup.run(t, caches=setup.caches(t.block))
+    naive = setup.run(t)  # full forward from the embeddings, no cache
+    assert cached["layer"] == naive["layer"] == t.name
+    assert cached["val_acc"] == naive["val_acc"]
+    assert cached["val_loss"] == pytest.approx(naive["val_loss"], rel=1e-5)
+    assert cached["train_loss_last10"] == pytest.approx(naive["train_loss_last10"], rel=1e-5)
+    # each run restores the pretrained start exactly
+    assert all(torch.equal(before[k], v) for k, v in setup.model.state_dict().items())

@@ -20,6 +20,7 @@ skips what the file already has, so a killed run loses at most the layer in prog
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from .blocks import BlockRunner
 from .heads import find_head
 from .targets import find_targets
 
-__all__ = ["ContribBudget", "collect_contributions", "read_jsonl", "HEAD_ONLY", "task_slug"]
+__all__ = ["ContribBudget", "ContribSetup", "setup_contributions", "collect_contributions", "read_jsonl", "HEAD_ONLY", "task_slug"]
 
 HEAD_ONLY = "__head__"
 
@@ -106,6 +107,148 @@ def _open_for_append(path: Path):
     return path.open("a")
 
 
+@dataclass
+class ContribSetup:
+    """Everything one (model, task, seed) collection shares across its layer runs, built and checked up front."""
+
+    model: torch.nn.Module
+    task: object
+    targets: list
+    head_names: list[str]
+    head_params: list
+    head_init: list
+    runner: BlockRunner
+    train_batches: list
+    val_batches: list
+    budget: ContribBudget
+    row_base: dict
+
+    def caches(self, b: int) -> tuple[list, list]:
+        """Inputs of block ``b`` for every training and validation batch (computed once, shared by its layers)."""
+        return ([self.runner.capture(b, x) for x in self.train_batches],
+                [self.runner.capture(b, x) for x in self.val_batches])
+
+    def run(self, target=None, block: int | None = None, caches: tuple | None = None) -> dict:
+        """Train ``target`` (``None``: head only) plus the head from the pretrained start, evaluate, restore.
+
+        With ``caches`` (from :meth:`caches` of the target's block) the forward starts at that block; without, it is
+        the naive full forward (what :mod:`benchmarks.contrib_cost` compares against). Returns the line's fields.
+        """
+        t0 = time.perf_counter()
+        b = block if block is not None else (target.block if target is not None else len(self.runner) - 1)
+        layer_params = [] if target is None else list(target.module.parameters())
+        layer_init = [p.detach().clone() for p in layer_params]
+        start = (lambda h: self.runner.start_at(b, lambda: h)) if caches is not None else (
+            lambda h: contextlib.nullcontext())
+        train_cache, val_cache = caches if caches is not None else ([None] * len(self.train_batches),
+                                                                    [None] * len(self.val_batches))
+        try:
+            groups = [{"params": self.head_params, "lr": self.budget.lr_head}]
+            if layer_params:
+                groups.append({"params": layer_params, "lr": self.budget.lr_layer})
+            for p in self.head_params + layer_params:
+                p.requires_grad_(True)
+            opt = torch.optim.AdamW(groups, weight_decay=0.0)
+            train_loss = _train(self.model, start, self.train_batches, train_cache, opt)
+            val_acc, val_loss = _evaluate(self.model, start, self.val_batches, val_cache)
+        finally:
+            with torch.no_grad():
+                for p, p0 in zip(self.head_params + layer_params, self.head_init + layer_init):
+                    p.copy_(p0)
+                    p.requires_grad_(False)
+                    p.grad = None
+        row = dict(self.row_base)
+        if target is None:
+            row.update(layer=HEAD_ONLY, type="head", block=-1, depth=-1.0, num_params=0)
+        else:
+            row.update(layer=target.name, type=target.type, block=target.block, depth=target.depth,
+                       num_params=target.num_params)
+        row.update(score=val_acc, val_acc=val_acc, val_loss=val_loss, train_loss_last10=train_loss,
+                   wall_s=round(time.perf_counter() - t0, 3))
+        return row
+
+
+def setup_contributions(
+    model_name: str,
+    task_name: str,
+    *,
+    seed: int = 0,
+    budget: ContribBudget | None = None,
+    layers: list[str] | None = None,
+    split_seed: int = 0,
+    device: str | None = None,
+    model_label: str | None = None,
+) -> ContribSetup:
+    """Load, check and tokenise everything a collection needs (see :func:`collect_contributions` for the
+    arguments). Every check that can fail runs here, before any training."""
+    import transformers
+
+    from .models import load_model
+    from .tasks import collator_for, load_task, prepare_tokenizer, tokenize_split
+    from .workflow import choose_head
+
+    budget = budget or ContribBudget()
+    budget.validate()
+    task = load_task(task_name, split_seed=split_seed)
+    head_kind = choose_head(model_name, task.kind)
+    if head_kind == "causal_lm":
+        raise ValueError(
+            f"contribution runs need a task head; {task.name} is multiple choice and {model_name} is a decoder "
+            "(log-likelihood scoring, no head). Collect on a classification task for decoders."
+        )
+    n_train = len(task.splits["train"])
+    need = budget.steps * budget.batch_size
+    if need > budget.max_epochs * n_train:
+        raise ValueError(
+            f"budget needs {need} training examples ({budget.steps} steps x {budget.batch_size}) but {task.name} has "
+            f"{n_train} in its train split (max_epochs={budget.max_epochs}). Lower steps/batch_size or pick a "
+            "larger task."
+        )
+    transformers.set_seed(seed)
+    model, tok = load_model(model_name, head_kind, num_labels=task.num_labels if head_kind == "seq_cls" else None,
+                            device=device)
+    prepare_tokenizer(tok, model)
+    all_targets = find_targets(model)
+    targets = all_targets
+    if layers is not None:
+        known = {t.name for t in targets}
+        missing = [n for n in layers if n not in known]
+        if missing:
+            raise ValueError(f"layers not among {model_name}'s candidates: {missing[:5]}")
+        targets = [t for t in targets if t.name in set(layers)]
+    head_names = find_head(model)
+
+    # ---- data: a fixed stream of training batches, a fixed validation set
+    dev = next(model.parameters()).device
+    collate = collator_for(head_kind, tok)
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(n_train) for _ in range(math.ceil(need / n_train))])[:need]
+    # Tokenise only the examples the budget touches (BIG-bench tasks can hold tens of thousands).
+    used = np.unique(order)
+    pos = {int(i): k for k, i in enumerate(used)}
+    train_ds = tokenize_split(task.splits["train"].select(used), tok, model_kind=head_kind,
+                              max_length=budget.max_length)
+    bs = budget.batch_size
+    train_batches = [_to(collate([train_ds[pos[int(i)]] for i in order[s * bs:(s + 1) * bs]]), dev)
+                     for s in range(budget.steps)]
+    n_val = min(budget.eval_examples, len(task.splits["validation"]))
+    val_ds = tokenize_split(task.splits["validation"].select(range(n_val)), tok, model_kind=head_kind,
+                            max_length=budget.max_length)
+    val_batches = [_to(collate([val_ds[i] for i in range(j, min(j + budget.eval_batch_size, n_val))]), dev)
+                   for j in range(0, n_val, budget.eval_batch_size)]
+
+    model.eval()  # dropout off: deterministic runs, exact cached block inputs
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head_params = [p for n in head_names for p in model.get_submodule(n).parameters()]
+    row_base = {"model": model_label or model_name, "task": task.name, "seed": seed, "split_seed": split_seed,
+                "budget": asdict(budget), "head": head_names, "n_train": n_train, "n_val": n_val}
+    return ContribSetup(model=model, task=task, targets=targets, head_names=head_names, head_params=head_params,
+                        head_init=[p.detach().clone() for p in head_params],
+                        runner=BlockRunner(model, all_targets), train_batches=train_batches,
+                        val_batches=val_batches, budget=budget, row_base=row_base)
+
+
 def collect_contributions(
     model_name: str,
     task_name: str,
@@ -135,145 +278,61 @@ def collect_contributions(
     Returns:
         All lines of ``out`` for this model, task and seed (old and new).
     """
-    import transformers
     from tqdm.auto import tqdm
 
-    from .models import load_model
-    from .tasks import collator_for, load_task, prepare_tokenizer, tokenize_split
-    from .workflow import choose_head
-
-    budget = budget or ContribBudget()
-    budget.validate()
-    label = model_label or model_name
+    setup = setup_contributions(model_name, task_name, seed=seed, budget=budget, layers=layers,
+                                split_seed=split_seed, device=device, model_label=model_label)
+    label, task_full = setup.row_base["model"], setup.row_base["task"]
     out = Path(out)
 
-    # ---- everything that can be wrong is checked before any training
-    task = load_task(task_name, split_seed=split_seed)
-    head_kind = choose_head(model_name, task.kind)
-    if head_kind == "causal_lm":
-        raise ValueError(
-            f"contribution runs need a task head; {task.name} is multiple choice and {model_name} is a decoder "
-            "(log-likelihood scoring, no head). Collect on a classification task for decoders."
-        )
-    n_train = len(task.splits["train"])
-    need = budget.steps * budget.batch_size
-    if need > budget.max_epochs * n_train:
-        raise ValueError(
-            f"budget needs {need} training examples ({budget.steps} steps x {budget.batch_size}) but {task.name} has "
-            f"{n_train} in its train split (max_epochs={budget.max_epochs}). Lower steps/batch_size or pick a "
-            "larger task."
-        )
-    transformers.set_seed(seed)
-    model, tok = load_model(model_name, head_kind, num_labels=task.num_labels if head_kind == "seq_cls" else None,
-                            device=device)
-    prepare_tokenizer(tok, model)
-    targets = find_targets(model)
-    if layers is not None:
-        known = {t.name for t in targets}
-        missing = [n for n in layers if n not in known]
-        if missing:
-            raise ValueError(f"layers not among {model_name}'s candidates: {missing[:5]}")
-        targets = [t for t in targets if t.name in set(layers)]
-    head_names = find_head(model)
-    budget_d = asdict(budget)
-    existing = [r for r in read_jsonl(out) if r.get("model") == label and r.get("task") == task.name
+    def mine():
+        return [r for r in read_jsonl(out) if r.get("model") == label and r.get("task") == task_full
                 and r.get("seed") == seed]
+
+    existing = mine()
     for r in existing:
-        if r.get("budget") != budget_d or r.get("split_seed", 0) != split_seed:
+        if r.get("budget") != setup.row_base["budget"] or r.get("split_seed", 0) != split_seed:
             raise ValueError(
-                f"{out} already holds {label}/{task.name}/seed {seed} lines collected with another budget "
+                f"{out} already holds {label}/{task_full}/seed {seed} lines collected with another budget "
                 f"({r.get('budget')}); write to another --out or use the same budget."
             )
     done = {r["layer"] for r in existing}
-    todo = [t for t in targets if t.name not in done]
+    todo = [t for t in setup.targets if t.name not in done]
     run_head = HEAD_ONLY not in done
     if not todo and not run_head:
         return existing
 
-    # ---- data: a fixed stream of training batches, a fixed validation set
-    dev = next(model.parameters()).device
-    collate = collator_for(head_kind, tok)
-    rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(n_train) for _ in range(math.ceil(need / n_train))])[:need]
-    # Tokenise only the examples the budget touches (BIG-bench tasks can hold tens of thousands).
-    used = np.unique(order)
-    pos = {int(i): k for k, i in enumerate(used)}
-    train_ds = tokenize_split(task.splits["train"].select(used), tok, model_kind=head_kind,
-                              max_length=budget.max_length)
-    train_batches = [_to(collate([train_ds[pos[int(i)]] for i in order[s * budget.batch_size:(s + 1) * budget.batch_size]]), dev)
-                     for s in range(budget.steps)]
-    n_val = min(budget.eval_examples, len(task.splits["validation"]))
-    val_ds = tokenize_split(task.splits["validation"].select(range(n_val)), tok, model_kind=head_kind,
-                            max_length=budget.max_length)
-    val_batches = [_to(collate([val_ds[i] for i in range(j, min(j + budget.eval_batch_size, n_val))]), dev)
-                   for j in range(0, n_val, budget.eval_batch_size)]
-
-    model.eval()  # dropout off: deterministic runs, exact cached block inputs
-    for p in model.parameters():
-        p.requires_grad_(False)
-    head_params = [p for n in head_names for p in model.get_submodule(n).parameters()]
-    head_init = [p.detach().clone() for p in head_params]
-    runner = BlockRunner(model, find_targets(model))
-    base = {"model": label, "task": task.name, "seed": seed, "split_seed": split_seed, "budget": budget_d,
-            "head": head_names, "n_train": n_train, "n_val": n_val}
-
     by_block: dict[int, list] = {}
     for t in todo:
         by_block.setdefault(t.block, []).append(t)
+    last = len(setup.runner) - 1
     if run_head:
-        by_block.setdefault(len(runner) - 1, [])
-    total = len(todo) + int(run_head)
-    bar = tqdm(total=total, desc=f"contrib {label} {task.name} s{seed}", unit="layer", disable=not progress)
+        by_block.setdefault(last, [])
+    bar = tqdm(total=len(todo) + int(run_head), desc=f"contrib {label} {task_full} s{seed}", unit="layer",
+               disable=not progress)
     with _open_for_append(out) as fh:
         for b in sorted(by_block):
-            train_cache = [runner.capture(b, batch) for batch in train_batches]
-            val_cache = [runner.capture(b, batch) for batch in val_batches]
-            jobs = list(by_block[b]) + ([None] if run_head and b == len(runner) - 1 else [])
-            for t in jobs:
-                t0 = time.perf_counter()
-                layer_params = [] if t is None else [p for p in t.module.parameters()]
-                layer_init = [p.detach().clone() for p in layer_params]
-                try:
-                    groups = [{"params": head_params, "lr": budget.lr_head}]
-                    if layer_params:
-                        groups.append({"params": layer_params, "lr": budget.lr_layer})
-                    for p in head_params + layer_params:
-                        p.requires_grad_(True)
-                    opt = torch.optim.AdamW(groups, weight_decay=0.0)
-                    train_loss = _train(model, runner, b, train_batches, train_cache, opt)
-                    val_acc, val_loss = _evaluate(model, runner, b, val_batches, val_cache)
-                finally:
-                    with torch.no_grad():
-                        for p, p0 in zip(head_params + layer_params, head_init + layer_init):
-                            p.copy_(p0)
-                            p.requires_grad_(False)
-                            p.grad = None
-                row = dict(base)
-                if t is None:
-                    row.update(layer=HEAD_ONLY, type="head", block=-1, depth=-1.0, num_params=0)
-                else:
-                    row.update(layer=t.name, type=t.type, block=t.block, depth=t.depth, num_params=t.num_params)
-                row.update(score=val_acc, val_acc=val_acc, val_loss=val_loss, train_loss_last10=train_loss,
-                           wall_s=round(time.perf_counter() - t0, 3))
+            caches = setup.caches(b)
+            for t in list(by_block[b]) + ([None] if run_head and b == last else []):
+                row = setup.run(t, b, caches)
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
                 bar.update()
-                bar.set_postfix(layer=row["layer"][-28:], acc=f"{val_acc:.3f}")
-            del train_cache, val_cache
+                bar.set_postfix(layer=row["layer"][-28:], acc=f"{row['val_acc']:.3f}")
+            del caches
     bar.close()
-    return [r for r in read_jsonl(out) if r.get("model") == label and r.get("task") == task.name
-            and r.get("seed") == seed]
+    return mine()
 
 
 def _to(batch, device):
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _train(model, runner, b, batches, cache, opt) -> float:
+def _train(model, start, batches, cache, opt) -> float:
     losses = []
     for batch, h in zip(batches, cache):
-        with runner.start_at(b, lambda h=h: h):
+        with start(h):
             loss = model(**batch).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()}; lower the learning rates")
@@ -285,10 +344,10 @@ def _train(model, runner, b, batches, cache, opt) -> float:
 
 
 @torch.no_grad()
-def _evaluate(model, runner, b, batches, cache) -> tuple[float, float]:
+def _evaluate(model, start, batches, cache) -> tuple[float, float]:
     correct, total, loss_sum = 0, 0, 0.0
     for batch, h in zip(batches, cache):
-        with runner.start_at(b, lambda h=h: h):
+        with start(h):
             out = model(**batch)
         labels = batch["labels"]
         correct += int((out.logits.argmax(-1) == labels).sum())

@@ -43,5 +43,9 @@ def test_study_taus_ceiling_and_outputs(tmp_path):
     assert ceil["tau"][0] == pytest.approx(1 - 2 * 1 / (n * (n - 1) / 2))
     gaps = res["gaps"].iloc[0]
     assert gaps["head_only"] == 0.1 and gaps["best"] == pytest.approx(s0[-1])
+    # seed noise: the two seeds differ by -1/n and +1/n on two of n layers
+    sd = ((2 / n**2) / (n - 1)) ** 0.5 / 2**0.5
+    assert gaps["seed_sd"] == pytest.approx(sd)
+    assert gaps["gain_sd"] == pytest.approx((sum(s0[-5:]) / 5 - 0.1) / sd) and gaps["separates"]
     for f in ("single_metric_taus.md", "single_metric_taus.png", "single_metric_taus.csv"):
         assert (tmp_path / "out" / f).stat().st_size > 0

@@ -20,6 +20,9 @@ huggingface_hub's ``PyTorchModelHubMixin``; loading is strict and never unpickle
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -177,9 +180,11 @@ class ZestPredictor(
     @classmethod
     def _from_pretrained(cls, *, model_id, revision, cache_dir, force_download, local_files_only, token,
                          map_location="cpu", strict=True, **model_kwargs):
-        return super()._from_pretrained(model_id=model_id, revision=revision, cache_dir=cache_dir,
-                                        force_download=force_download, local_files_only=local_files_only,
-                                        token=token, map_location=map_location, strict=True, **model_kwargs)
+        # huggingface_hub print()s "Loading weights from local directory": keep stdout clean for piped CLI output.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return super()._from_pretrained(model_id=model_id, revision=revision, cache_dir=cache_dir,
+                                            force_download=force_download, local_files_only=local_files_only,
+                                            token=token, map_location=map_location, strict=True, **model_kwargs)
 
     @classmethod
     def _load_as_pickle(cls, model, model_file, map_location, strict):

@@ -19,7 +19,8 @@ from scipy.stats import kendalltau
 from .contrib import HEAD_ONLY, read_jsonl, task_slug
 from .probe import ProbeResult
 
-__all__ = ["load_ground_truth", "load_probe", "single_metric_taus", "noise_ceilings", "run_study"]
+__all__ = ["load_ground_truth", "load_probe", "single_metric_taus", "noise_ceilings", "seed_noise", "head_only_gaps",
+           "run_study"]
 
 
 def load_ground_truth(data_dir: str | Path) -> pd.DataFrame:
@@ -82,14 +83,45 @@ def noise_ceilings(gt: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def seed_noise(gt: pd.DataFrame) -> dict:
+    """Seed-to-seed standard deviation of one layer's score, per model: ``std(s_seed0 - s_seed1) / sqrt(2)`` over
+    the layers of every model-task with two seeds (pooled), keyed by ``(model, task)`` and by ``model``."""
+    out, pooled = {}, {}
+    for (model, task), g in gt.groupby(["model", "task"]):
+        g = g[g["layer"] != HEAD_ONLY]
+        per_seed = [d.set_index("layer")["score"] for _, d in g.groupby("seed")]
+        if len(per_seed) < 2:
+            continue
+        common = per_seed[0].index.intersection(per_seed[1].index)
+        diff = (per_seed[0][common] - per_seed[1][common]).to_numpy()
+        if len(diff) >= 10:
+            out[(model, task)] = float(diff.std(ddof=1) / np.sqrt(2))
+            pooled.setdefault(model, []).append(diff)
+    for model, diffs in pooled.items():
+        d = np.concatenate(diffs)
+        out[model] = float(d.std(ddof=1) / np.sqrt(2))
+    return out
+
+
 def head_only_gaps(gt: pd.DataFrame) -> pd.DataFrame:
-    """Per model-task: head-only accuracy, best/median/worst single-layer accuracy (seed-averaged)."""
+    """Per model-task: head-only accuracy, best/median/worst single-layer accuracy (seed-averaged), and whether the
+    best layers beat head-only beyond seed noise.
+
+    ``gain_sd`` = (mean of the 5 best layers - head-only) / the seed-to-seed sd of one layer's score (the task's own
+    when it has two seeds, else pooled over the model's two-seed tasks). The top-5 mean of 36 pure-noise draws sits
+    ~1.2 sd above their mean, so a task ``separates`` when ``gain_sd > 2``: only then can it teach a predictor which
+    layers matter.
+    """
+    noise = seed_noise(gt)
     rows = []
     for (model, task), g in gt.groupby(["model", "task"]):
         head = g[g["layer"] == HEAD_ONLY]["val_acc"].mean()
         s = _mean_score(g)
+        sd = noise.get((model, task), noise.get(model, float("nan")))
+        gain = (s.nlargest(5).mean() - head) / sd if sd and sd == sd and head == head else float("nan")
         rows.append({"model": model, "task": task, "layers": len(s), "seeds": g["seed"].nunique(),
-                     "head_only": head, "best": s.max(), "median": s.median(), "worst": s.min(),
+                     "head_only": head, "best": s.max(), "median": s.median(), "worst": s.min(), "seed_sd": sd,
+                     "gain_sd": gain, "separates": bool(gain > 2) if gain == gain else None,
                      "wall_h": g["wall_s"].sum() / 3600})
     return pd.DataFrame(rows)
 

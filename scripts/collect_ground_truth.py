@@ -87,7 +87,8 @@ def run_probe(model: str, task: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="only this model's part of the plan")
-    ap.add_argument("--task", default=None, help="only this task")
+    ap.add_argument("--task", default=None,
+                    help="only these tasks (comma list); two processes given disjoint lists collect in parallel")
     ap.add_argument("--list", action="store_true", help="print the plan and progress, then exit")
     ap.add_argument("--no-probe", action="store_true")
     args = ap.parse_args()
@@ -95,7 +96,8 @@ def main() -> int:
 
     from zest_hf.contrib import ContribBudget, collect_contributions, read_jsonl
 
-    plan = [p for p in PLAN if (args.model in (None, p[0])) and (args.task in (None, p[1]))]
+    tasks = args.task.split(",") if args.task else None
+    plan = [p for p in PLAN if args.model in (None, p[0]) and (tasks is None or p[1] in tasks)]
     if args.list:
         for model, task, seeds in plan:
             for s in seeds:

@@ -63,6 +63,12 @@ class ZestConfig(PeftConfig):
         budget (`float`, *optional*):
             Train the longest run of best-ranked layers whose parameters (weight + bias) add up to at most this
             fraction, in (0, 1], of all candidate layers' parameters. The head is not counted.
+        cost_weight (`float`, defaults to 0.0):
+            Cost-aware selection: trade predicted importance against a training step's cost, which is set by the
+            lowest selected layer (backward must reach it). For every possible lowest block, the best layers at or
+            above it are taken, and the choice maximising mean rank utility minus `cost_weight` x (fraction of blocks
+            backward runs through) wins. `0`: plain top-k; `0.5`-`1` moves the selection up the model when that costs
+            little predicted importance. See `zest_hf.selection.cost_aware`.
         candidates (`Union[list[str], str]`, *optional*):
             The layers ZEST may choose from. `None` (default): every projection inside a numbered block that
             `zest_hf.find_targets` knows for the architecture (q/k/v/o/gate/up/down and their BERT, GPT-2, T5...
@@ -120,6 +126,8 @@ class ZestConfig(PeftConfig):
         default=None,
         metadata={"help": "Fraction in (0, 1] of the candidate layers' parameters that the selection may hold."},
     )
+    cost_weight: float = field(
+        default=0.0, metadata={"help": "Importance vs backward-depth trade-off; 0 is plain top-k."})
     candidates: Optional[Union[list[str], str]] = field(
         default=None,
         metadata={"help": "Layers ZEST may choose from (regex or list of names); None: every known projection."},
@@ -169,6 +177,9 @@ class ZestConfig(PeftConfig):
                 f"predictor must be a name, a directory or 'metric:<column>', got {type(self.predictor).__name__}; "
                 "save a ZestPredictor object with .save_pretrained(dir) and pass the directory"
             )
+        if isinstance(self.cost_weight, bool) or not isinstance(self.cost_weight, (int, float)) or not (
+                self.cost_weight >= 0):
+            raise ValueError(f"cost_weight must be a number >= 0 (0: plain top-k), got {self.cost_weight!r}")
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"r must be an integer >= 1, got {self.r!r}")
         if not self.lora_alpha > 0:

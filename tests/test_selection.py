@@ -1,0 +1,44 @@
+"""Cost-aware selection: importance against the backward depth a step must reach."""
+
+import pytest
+
+from zest_hf import ZestConfig
+from zest_hf.selection import SelectionError, backward_cost, choose, cost_aware
+
+
+def _rows(blocks):
+    # best first: layer i has rank i; names say where they sit
+    return [{"name": f"b{b}.l{i}", "score": float(len(blocks) - i), "block": b, "num_params": 10}
+            for i, b in enumerate(blocks)]
+
+
+def test_backward_cost_is_the_fraction_of_blocks_down_to_the_lowest_selected():
+    assert backward_cost([3, 5], 6) == pytest.approx(3 / 6)
+    assert backward_cost([0], 6) == 1.0
+
+
+def test_zero_weight_is_plain_top_k_and_a_large_weight_stays_in_the_top_blocks():
+    # the two best layers sit low (block 0); the next ones high (blocks 4, 5)
+    rows = _rows([0, 0, 5, 4, 5, 1, 2, 3])
+    plain = [n for n, _ in choose(rows, top_k=2)]
+    assert plain == ["b0.l0", "b0.l1"]
+    assert [n for n, _ in choose(rows, top_k=2, cost_weight=0.0)] == plain
+    high = [n for n, _ in choose(rows, top_k=2, cost_weight=10.0)]
+    assert high == ["b5.l2", "b5.l4"]  # the best two among the top block only: the cheapest possible step
+    mid = [n for n, _ in choose(rows, top_k=3, cost_weight=0.4)]
+    # floor 0: utility (1 + 6/7 + 5/7)/3 = 0.857, cost 1 -> 0.457; floor 4: (5/7 + 4/7 + 3/7)/3 = 0.571,
+    # cost 2/6 -> 0.438; floor 5: needs 3 layers in block 5, has 2 -> skipped. Floor 0 wins, barely.
+    assert mid == ["b0.l0", "b0.l1", "b5.l2"]
+    assert [n for n, _ in choose(rows, top_k=3, cost_weight=0.5)] == ["b5.l2", "b4.l3", "b5.l4"]
+
+
+def test_cost_aware_with_a_budget_and_bad_values():
+    rows = _rows([0, 5, 5, 4])
+    # budget 0.5 of 40 params = 2 layers; with a high weight, floor 4 or 5 wins over floor 0
+    assert [n for n, _ in cost_aware(rows, budget=0.5, cost_weight=5.0)] == ["b5.l1", "b5.l2"]
+    with pytest.raises(SelectionError, match="cost_weight"):
+        choose(rows, top_k=1, cost_weight=-1)
+    with pytest.raises(ValueError, match="cost_weight"):
+        ZestConfig(top_k=2, cost_weight=-0.5)
+    with pytest.raises(SelectionError, match="block"):
+        choose([{"name": "a", "score": 1.0, "num_params": 1}], top_k=1, cost_weight=1.0)

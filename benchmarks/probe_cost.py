@@ -20,30 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from measure import run_worker, time_and_peak  # noqa: E402
+
 MODES = ("ft_step", "probe", "probe_grasp")
-
-
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
 
 
 def worker(model_name: str, mode: str, task: str, batch_size: int, length: int, repeats: int, seed: int) -> dict:
@@ -78,33 +62,9 @@ def worker(model_name: str, mode: str, task: str, batch_size: int, length: int, 
         def run():
             zest_hf.probe(model, batch, metrics=metrics)
 
-    base_rss = _rss_kb("VmRSS")
-    reset_ok = _reset_peak()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(repeats + 1):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        run()
-        if cuda:
-            torch.cuda.synchronize()
-        if i > 0:  # the first run is the warm-up (lazy inits, AdamW state allocation)
-            times.append(time.perf_counter() - t0)
-    return {
-        "model": model_name,
-        "mode": mode,
-        "batch": list(batch["input_ids"].shape),
-        "time_s": statistics.median(times),
-        "times_s": times,
-        "base_rss_mb": base_rss / 1024,
-        "peak_rss_mb": _rss_kb("VmHWM") / 1024,
-        "peak_reset": reset_ok,
-        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-        "threads": torch.get_num_threads(),
-        "seed": seed,
-    }
+    res = time_and_peak(run, repeats)
+    res.update(model=model_name, mode=mode, batch=list(batch["input_ids"].shape), seed=seed)
+    return res
 
 
 def main() -> int:
@@ -126,19 +86,12 @@ def main() -> int:
 
     from tqdm.auto import tqdm
 
-    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
     jobs = [(m, mode) for m in args.models.split(",") for mode in MODES]
     results = []
     for m, mode in tqdm(jobs, desc="probe_cost", unit="run"):
-        cmd = [sys.executable, __file__, "--worker", m, mode, "--task", args.task, "--batch-size",
-               str(args.batch_size), "--length", str(args.length), "--repeats", str(args.repeats), "--seed",
-               str(args.seed)]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-        if out.returncode != 0 or not line:
-            print(out.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"worker {m} {mode} failed")
-        results.append(json.loads(line[0][7:]))
+        results.append(run_worker([__file__, "--worker", m, mode, "--task", args.task, "--batch-size",
+                                   str(args.batch_size), "--length", str(args.length), "--repeats", str(args.repeats),
+                                   "--seed", str(args.seed)]))
 
     rows = []
     for m in args.models.split(","):

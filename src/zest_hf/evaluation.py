@@ -24,7 +24,7 @@ from .predictor import ModelTask, top_k_precision, train_predictor
 from .probe import ProbeResult
 from .study import kendall, load_ground_truth, load_probe
 
-__all__ = ["load_model_tasks", "FEATURES", "Variant", "evaluate", "run_evaluation"]
+__all__ = ["load_model_tasks", "FEATURES", "Variant", "best_single_metric", "evaluate", "run_evaluation"]
 
 #: The probe columns a predictor reads by default: everything the default probe (all but grasp) produces.
 FEATURES = [
@@ -71,7 +71,7 @@ def load_model_tasks(data_dir: str | Path, min_layers: int = 10) -> list[ModelTa
     return out
 
 
-def _best_single(train: list[ModelTask], columns: list[str]) -> tuple[str, float]:
+def best_single_metric(train: list[ModelTask], columns: list[str]) -> tuple[str, float]:
     best, best_tau, sign = None, -np.inf, 1.0
     for c in columns:
         taus = [kendall(d.values[c], d.scores) for d in train]
@@ -100,7 +100,7 @@ def evaluate(train: list[ModelTask], test: ModelTask, variants: list[Variant], s
                                steps=v.steps, seed=seed)
         s = pred.score(ProbeResult(layers=test.layers, values=test.values, metrics=[]))
         rows.append({"method": v.label, "tau": kendall(s, test.scores), "p@5": top_k_precision(s, test.scores)})
-    col, sign = _best_single(train, FEATURES)
+    col, sign = best_single_metric(train, FEATURES)
     s = sign * np.asarray(test.values[col], float)
     rows.append({"method": "best single metric", "choice": f"{'-' if sign < 0 else '+'}{col}",
                  "tau": kendall(s, test.scores), "p@5": top_k_precision(s, test.scores)})

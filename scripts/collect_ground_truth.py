@@ -37,9 +37,10 @@ PLAN = [
     ("minilm", "bigbench:cs_algorithms/valid_parentheses", (0,)),
     ("minilm", "twitter_sentiment", (0,)),
     ("minilm", "bigbench:strategyqa", (0,)),
-    ("minilm", "bigbench:language_identification", (0,)),
     ("minilm", "bigbench:social_iqa", (0,)),
     ("minilm", "bigbench:goal_step_wikihow/step_inference", (0,)),
+    # 11 choices: every step and evaluation costs 11 sequences per example (~4x social_iqa); last.
+    ("minilm", "bigbench:language_identification", (0,)),
     ("smollm2", "bigbench:multiemo/all_sentence_en", (0, 1)),
     ("smollm2", "bigbench:fact_checker/fever", (0,)),
     ("smollm2", "bbc_news", (0,)),

@@ -1,18 +1,20 @@
 """ZEST in a stock ``transformers.Trainer`` text-classification script, against head-only training.
 
 What it shows: the two lines that add ZEST to an ordinary Trainer script (``zest_hf.prepare_trainer`` after building
-the Trainer), ZEST@k in full mode (the k selected projections train in place, plus the new classifier head) beating
+the Trainer), ZEST@k in full mode (the k selected projections train in place, plus the new classifier head) against
 head-only training on the same budget (same steps, batch, learning rate, seed and head initialisation), the
 trainable-parameter count of each, and the saved adapter reloading with stock ``peft.PeftModel.from_pretrained``
-onto a fresh base model with the same test accuracy. Offline, the defaults take ~2 minutes on 2 CPU cores:
+onto a fresh base model with the same test accuracy. Offline, the defaults cost ~3.5 CPU-core-minutes: 2-4
+minutes on 2 CPU cores:
 
     python examples/text_classification.py                       # all-MiniLM-L6-v2 on BBC News, ZEST@5, 60 steps
     python examples/text_classification.py --task bigbench:multiemo/all_sentence_en --top-k 8
     python examples/text_classification.py --model bert-base-uncased --max-steps 200   # any Hub id (needs the Hub)
-    accelerate launch --cpu --num_processes 2 examples/text_classification.py        # 2 processes, same script
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/text_classification.py  # 2 CPU procs
 
 Under ``accelerate launch`` every process trains (the batch per step is then ``--batch-size`` per process) and only
-the main process evaluates, prints and saves.
+the main process evaluates, prints and saves. (``accelerate launch --cpu --num_processes 2`` starts ONE process:
+accelerate's ``--cpu`` uses its single-process launcher; examples/accelerate/ has the set-ups.)
 """
 
 from __future__ import annotations

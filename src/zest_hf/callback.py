@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import pickle
 import warnings
 
 import torch
@@ -178,13 +179,33 @@ def _resolve(trainer, config: ZestConfig, resume_from_checkpoint) -> ZestConfig:
     acc = trainer.accelerator
     if acc.num_processes == 1:
         return select(trainer.model, batch, config)
-    # Every rank drew a batch (the prepared dataloader syncs RNG across ranks); rank 0 alone selects and shares the
-    # resolved list, so that all ranks train the same layers. Not exercised by the test suite (single process).
+    # Every rank drew a batch (the prepared dataloader may sync RNG across ranks, and shards the data, so the batches
+    # differ); rank 0 alone selects and shares the resolved config, so that all ranks train the same layers. A
+    # selection error on rank 0 is shared too: the other ranks raise it instead of waiting for a config that never
+    # comes. tests/test_distributed.py runs this on 2 processes.
     from accelerate.utils import broadcast_object_list
 
-    payload = [select(trainer.model, batch, config).to_json() if acc.is_main_process else None]
+    payload, failure = [None], None
+    if acc.is_main_process:
+        try:
+            payload[0] = select(trainer.model, batch, config).to_json()
+        except Exception as err:
+            failure = err
+            payload[0] = _shareable(err)
     broadcast_object_list(payload, from_process=0)
+    if failure is not None:
+        raise failure
+    if isinstance(payload[0], BaseException):
+        raise payload[0]
     return ZestConfig.from_json(payload[0])
+
+
+def _shareable(err: Exception) -> Exception:
+    """``err`` if it survives pickling (what ``broadcast_object_list`` does), else a ZestTrainerError saying it."""
+    try:
+        return pickle.loads(pickle.dumps(err))
+    except Exception:
+        return ZestTrainerError(f"selection failed on the main process: {type(err).__name__}: {err}")
 
 
 def _probe_batch(trainer, config: ZestConfig):

@@ -2,8 +2,15 @@
 
 import json
 
+import peft
+import pytest
+import torch
+import transformers
+from conftest import tiny_llama
 
-from zest_hf import ProbeResult
+import zest_hf
+import zest_hf.rank
+from zest_hf import ProbeResult, SelectionError, ZestConfig
 from zest_hf.cli import main
 
 
@@ -42,3 +49,52 @@ def test_cli_same_seed_same_result(tiny_dir, tmp_path):
         paths.append(p)
     a, b = (json.loads(p.read_text()) for p in paths)
     assert a["values"] == b["values"]
+
+
+def test_cli_select_writes_a_resolved_config_that_trains_exactly_its_selection(tiny_dir, tmp_path, capsys,
+                                                                              monkeypatch):
+    out = tmp_path / "sel" / "zest_config.json"
+    rc = main(["select", "--model", str(tiny_dir), "--task", "bbc_news", "--top-k", "3", "--batch-size", "4",
+               "--max-length", "32", "--predictor", "metric:grad_norm", "--seed", "2", "--config-out", str(out)])
+    assert rc == 0
+    cfg = ZestConfig.from_json(out)
+    assert cfg.is_resolved and cfg.top_k == 3 and len(cfg.selected_modules) == 3 and cfg.probe_seed == 2
+    assert cfg.modules_to_save == ["classifier"] and cfg.selection_info["task"] == "bbc_news"
+    assert cfg.selection_scores == sorted(cfg.selection_scores, reverse=True)
+    printed = capsys.readouterr().out
+    rows = [l.split() for l in printed.splitlines() if l.strip()[:1].isdigit()]
+    assert [r[-1] for r in rows] == cfg.selected_modules and str(out) in printed
+
+    # the training step: no probe for a resolved config; exactly the selection and the head train
+    monkeypatch.setattr(zest_hf.rank, "rank", lambda *a, **k: pytest.fail("a resolved config probed again"))
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tiny_dir, num_labels=5,
+                                                                       ignore_mismatched_sizes=True)
+    params = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    peft_model = peft.get_peft_model(model, ZestConfig.from_json(out))
+    selected = {f"{m}.{p}" for m in cfg.selected_modules for p in ("weight", "bias")}
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert {n.removeprefix("base_model.model.").replace(".zest_layer.default", "") for n in trainable} == (
+        selected | {"classifier.modules_to_save.default.weight", "classifier.modules_to_save.default.bias"})
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(5, 1000, (4, 16), generator=g), "labels": torch.tensor([0, 1, 2, 3])}
+    opt = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.1)
+    peft_model(**batch).loss.backward()
+    opt.step()
+    assert {n for n, p in params.items() if not torch.equal(p, before[n])} == selected
+
+    # the same file for another model is refused before that model or its Trainer changes
+    llama = tiny_llama()
+    trainer = transformers.Trainer(model=llama, args=transformers.TrainingArguments(
+        output_dir=str(tmp_path / "t"), report_to="none", use_cpu=True))
+    with pytest.raises(SelectionError, match="do not exist in LlamaForCausalLM"):
+        zest_hf.prepare_trainer(trainer, ZestConfig.from_json(out))
+    assert trainer.model is llama and all(p.requires_grad for p in llama.parameters())
+
+
+def test_cli_select_refuses_bad_sizes(tiny_dir, capsys):
+    rc = main(["select", "--model", str(tiny_dir), "--task", "bbc_news", "--top-k", "40", "--batch-size", "2",
+               "--max-length", "16", "--predictor", "metric:grad_norm", "--config-out", "unused.json"])
+    assert rc == 2 and "top_k=40 but the model has only 12" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["select", "--model", str(tiny_dir), "--top-k", "2", "--budget", "0.1"])

@@ -147,8 +147,8 @@ def _check_trainer(trainer, config: ZestConfig) -> None:
     if not config.is_resolved and getattr(plugin, "zero_stage", None) == 3:
         raise ZestTrainerError(
             "DeepSpeed ZeRO-3 shards the weights while the model loads, so the probe cannot run on it. Select in a "
-            "separate step without ZeRO-3 (zest_hf.select(model, batch, config).to_json('zest.json')) and pass "
-            "ZestConfig.from_json('zest.json')."
+            "separate step without ZeRO-3 (`zest select --model M --task T --top-k K --config-out zest.json`, or "
+            "zest_hf.select(model, batch, config).to_json('zest.json')) and pass ZestConfig.from_json('zest.json')."
         )
 
 

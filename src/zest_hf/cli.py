@@ -105,6 +105,40 @@ def _cmd_rank(args) -> int:
     return 0
 
 
+def _cmd_select(args) -> int:
+    """Selection as its own step: for DeepSpeed ZeRO-3 / FSDP runs, where the probe cannot run on a sharded model."""
+    from . import ZestConfig, select
+    from .loss import MissingLabelsError
+    from .selection import SelectionError
+    from .targets import find_targets
+    from .workflow import prepare
+
+    try:
+        config = ZestConfig(top_k=args.top_k, budget=args.budget, mode=args.mode, probe_seed=args.seed,
+                            **({"predictor": args.predictor} if args.predictor else {}))
+        prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size,
+                       max_length=args.max_length, seed=args.seed, split_seed=args.split_seed, dtype=args.dtype,
+                       device=args.device)
+        resolved = select(prep.model, prep.batch, config)
+    except (SelectionError, MissingLabelsError) as e:
+        print(f"zest select: {e}", file=sys.stderr)
+        return 2
+    info = resolved.selection_info
+    info.update({"model": args.model, "task": prep.task.name, "head": prep.head, "batch_seed": args.seed,
+                 "split_seed": args.split_seed, "max_length": args.max_length})
+    sizes = {t.name: t.num_params for t in find_targets(prep.model, resolved.candidates, resolved.exclude_modules)}
+    print(f"# ZEST selection ({resolved.mode} mode): {len(resolved.selected_modules)} of {info['num_candidates']} "
+          f"layers of {args.model} on {prep.task.name}, predictor {info['predictor']} (batch "
+          f"{info['probe']['batch_shape']}, seed {args.seed}); {info['selected_params']:,} of "
+          f"{info['candidate_params']:,} candidate parameters; head {resolved.modules_to_save}")
+    for i, name in enumerate(resolved.selected_modules, start=1):
+        print(f"{i:4d}  {resolved.score_of(name):+.4f}  {sizes[name]:>12,}  {name}")
+    Path(args.config_out).parent.mkdir(parents=True, exist_ok=True)
+    resolved.to_json(args.config_out)
+    print(f"wrote {args.config_out} (train with zest_hf.ZestConfig.from_json({str(args.config_out)!r}): no probe)")
+    return 0
+
+
 def _cmd_push(args) -> int:
     from .hub import push_predictor
 
@@ -198,6 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="heatmap PNG of the predicted scores")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_rank)
+
+    p = sub.add_parser("select", help="probe one batch, select the top-k layers and write the resolved ZestConfig "
+                                      "(selection as its own step, e.g. before DeepSpeed ZeRO-3 / FSDP training)")
+    _add_model_task(p)
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--top-k", type=int, default=None, help="train this many layers")
+    size.add_argument("--budget", type=float, default=None,
+                      help="train the best layers holding at most this fraction of the candidates' parameters")
+    p.add_argument("--mode", default="full", choices=["full", "lora"],
+                   help="train the selection in place, or LoRA on it")
+    p.add_argument("--predictor", default=None,
+                   help="bundled name (default zest-universal), local directory, Hub id, or 'metric:<probe column>'")
+    p.add_argument("--config-out", default="zest_config.json", help="where to write the resolved ZestConfig (JSON)")
+    p.set_defaults(func=_cmd_select)
 
     p = sub.add_parser("push-predictor", help="upload a predictor directory to the Hub")
     p.add_argument("directory")

@@ -1,6 +1,7 @@
 """ZEST under ``accelerate launch`` with 2 real CPU processes (gloo): rank 0 selects and broadcasts, every rank trains
 the same selection with identical weights, frozen weights stay bit-identical, DDP runs without
-find_unused_parameters, and a selection error on rank 0 reaches rank 1. One launch, ~30 s on 2 cores."""
+find_unused_parameters, and a selection error on rank 0 reaches rank 1. One launch, ~30 s on 2 cores. Also: under
+DeepSpeed ZeRO-3 (simulated: DeepSpeed is not installed here) only a resolved config is accepted."""
 
 import json
 import os
@@ -8,10 +9,16 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch.distributed
+import transformers
+from _ddp_script import data, make_trainer, tiny_bert_cls
+from peft import PeftModel
 
+import zest_hf
+import zest_hf.rank
 from zest_hf.callback import ZestTrainerError, _shareable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,3 +93,18 @@ def test_an_error_that_does_not_unpickle_is_shared_as_its_message():
     assert isinstance(shared, ZestTrainerError) and "TwoArgError: x and y" in str(shared)
     plain = _shareable(ValueError("bad top_k"))
     assert type(plain) is ValueError and str(plain) == "bad top_k"
+
+
+def test_zero3_takes_a_resolved_config_and_refuses_to_probe(tmp_path, monkeypatch):
+    zero3 = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)), ddp_handler=None)
+    trainer = make_trainer(tiny_bert_cls(), data(), str(tmp_path))
+    monkeypatch.setattr(trainer, "accelerator", zero3)
+    with pytest.raises(ZestTrainerError, match="zest select --model M --task T --top-k K --config-out"):
+        zest_hf.prepare_trainer(trainer, zest_hf.ZestConfig(top_k=2, predictor="metric:grad_norm"))
+    assert not isinstance(trainer.model, PeftModel) and trainer.optimizer is None
+
+    monkeypatch.setattr(zest_hf.rank, "rank", lambda *a, **k: pytest.fail("a resolved config probed"))
+    chosen = ["bert.encoder.layer.1.output.dense"]
+    cfg = zest_hf.prepare_trainer(trainer, zest_hf.ZestConfig(selected_modules=chosen, modules_to_save=["classifier"]))
+    assert cfg.selected_modules == chosen and isinstance(trainer.model, PeftModel)
+    assert isinstance(trainer.model.get_base_model(), transformers.BertForSequenceClassification)

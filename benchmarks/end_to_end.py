@@ -49,6 +49,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from measure import run_worker, time_and_peak  # noqa: E402
 
+from zest_hf.contrib import read_jsonl  # noqa: E402
+
 # Per model: the fine-tuning budget, its tasks (classification tasks with ground truth in predictors/data), the grid
 # of learning rates of each method family, and how many validation points the curves get.
 # CPU-sized: on 2 cores a MiniLM full fine-tuning step of 16 x 64 tokens takes ~1 s and SmolLM2's ~5 s, and
@@ -97,14 +99,20 @@ BY_NAME = {m.name: m for m in METHODS}
 
 
 # ------------------------------------------------------------------------------------------- what a task needs
+def selectors_dir(out_dir: Path, task: str) -> Path:
+    """Where the leave-one-task-out predictor and ``selection_info.json`` of ``task`` live."""
+    from zest_hf.contrib import task_slug
+
+    return out_dir / "predictors" / f"loto-{task_slug(task)}"
+
+
 def loto_selectors(model: str, task: str, out_dir: Path, arch: str, normalization: str) -> dict:
     """The leave-one-task-out predictor (a directory) and best single metric for ``task``; built once, then reused
     (so that every run of the benchmark uses the same ones even while the ground-truth data grows)."""
-    from zest_hf.contrib import task_slug
     from zest_hf.evaluation import FEATURES, best_single_metric, load_model_tasks
     from zest_hf.predictor import train_predictor
 
-    d = out_dir / "predictors" / f"loto-{task_slug(task)}"
+    d = selectors_dir(out_dir, task)
     info_path = d / "selection_info.json"
     if info_path.exists():
         return json.loads(info_path.read_text())
@@ -283,10 +291,9 @@ def _data(model_name: str, task, tok, budget: dict):
     return _DATA[key]
 
 
-def read_runs(path: Path) -> list[dict]:
-    from zest_hf.contrib import read_jsonl
-
-    return read_jsonl(path)
+def best_lr(rows: list[dict]) -> float:
+    """The tuning seed's best learning rate: highest validation accuracy, the smaller rate on a tie."""
+    return max(rows, key=lambda r: (r["val_acc"], -r["lr"]))["lr"]
 
 
 def accuracy_phase(models, methods, out_dir: Path, arch: str, normalization: str) -> None:
@@ -307,14 +314,13 @@ def accuracy_phase(models, methods, out_dir: Path, arch: str, normalization: str
             for m in order:
                 lrs = budget["grids"][m.family]
                 for stage in ("grid", "seeds"):
-                    done = [r for r in read_runs(runs_path) if r["model"] == model_name and r["task"] == task
+                    done = [r for r in read_jsonl(runs_path) if r["model"] == model_name and r["task"] == task
                             and r["method"] == m.name and r["budget"] == key_budget]
                     if stage == "grid":
                         todo = [(lr, SEEDS[0]) for lr in lrs]
                     else:
                         grid = [r for r in done if r["seed"] == SEEDS[0]]
-                        best = max(grid, key=lambda r: (r["val_acc"], -r["lr"]))["lr"]
-                        todo = [(best, s) for s in SEEDS[1:]]
+                        todo = [(best_lr(grid), s) for s in SEEDS[1:]]
                     for lr, seed in todo:
                         if any(r["lr"] == lr and r["seed"] == seed for r in done):
                             bar.update()
@@ -328,9 +334,9 @@ def accuracy_phase(models, methods, out_dir: Path, arch: str, normalization: str
                         bar.update()
                         bar.set_postfix(method=m.name, lr=lr, seed=seed, test=f"{res['test_acc']:.3f}")
                 if m.kind == "head_only":
-                    grid = [r for r in read_runs(runs_path) if r["model"] == model_name and r["task"] == task
+                    grid = [r for r in read_jsonl(runs_path) if r["model"] == model_name and r["task"] == task
                             and r["method"] == m.name and r["seed"] == SEEDS[0] and r["budget"] == key_budget]
-                    head_lr = max(grid, key=lambda r: (r["val_acc"], -r["lr"]))["lr"]
+                    head_lr = best_lr(grid)
             bar.close()
 
 
@@ -356,7 +362,7 @@ def cost_worker(model_name: str, method_name: str, out_dir: Path, repeats: int) 
             batch["token_type_ids"] = torch.nn.functional.pad(batch["token_type_ids"], (0, pad), value=0)
     model = prep.model
     head = find_head(model)
-    selectors = json.loads((out_dir / "predictors" / f"loto-{_slug(task)}" / "selection_info.json").read_text()) \
+    selectors = json.loads((selectors_dir(out_dir, task) / "selection_info.json").read_text()) \
         if method.kind in ("zest", "lora_zest", "single") else {}
     oracle = oracle_layers(model_name, task, 5) if method.kind == "oracle" else None
     model, cfg = build(method, model, selectors, oracle, 0, batch=batch)
@@ -377,17 +383,11 @@ def cost_worker(model_name: str, method_name: str, out_dir: Path, repeats: int) 
     return res
 
 
-def _slug(task: str) -> str:
-    from zest_hf.contrib import task_slug
-
-    return task_slug(task)
-
-
 def cost_phase(models, methods, out_dir: Path, repeats: int) -> None:
     from tqdm.auto import tqdm
 
     path = out_dir / "cost.jsonl"
-    done = {(r["model"], r["method"]) for r in read_runs(path)}
+    done = {(r["model"], r["method"]) for r in read_jsonl(path)}
     jobs = [(mo, me.name) for mo in models for me in methods if (mo, me.name) not in done]
     for model_name, method_name in tqdm(jobs, desc="step cost", unit="method"):
         res = run_worker([__file__, "--cost-worker", model_name, method_name, "--out-dir", str(out_dir),
@@ -400,8 +400,8 @@ def cost_phase(models, methods, out_dir: Path, repeats: int) -> None:
 def report(out_dir: Path) -> str:
     import pandas as pd
 
-    runs = pd.DataFrame(read_runs(out_dir / "runs.jsonl"))
-    cost = pd.DataFrame(read_runs(out_dir / "cost.jsonl"))
+    runs = pd.DataFrame(read_jsonl(out_dir / "runs.jsonl"))
+    cost = pd.DataFrame(read_jsonl(out_dir / "cost.jsonl"))
     lines = ["# End to end: ZEST against every baseline", "",
              "Reproduce: `python benchmarks/end_to_end.py` (phases accuracy, cost, report; resumable). Seeds "
              f"{list(SEEDS)}; learning rates chosen on validation with seed 0; the task head's rate tuned on head "

@@ -142,6 +142,7 @@ def cost_aware(layers: Sequence[Mapping], *, top_k: int | None = None, budget: f
     num_blocks = max(int(r["block"]) for r in layers) + 1
     total = sum(int(r["num_params"]) for r in layers) if budget is not None else 0
     plain = _prefix(layers, top_k, budget, total)
+    blocks = {str(r["name"]): int(r["block"]) for r in layers}
     best, best_value = plain, None
     for floor in sorted({int(r["block"]) for r in layers}, reverse=True):  # cheapest floor first: ties keep it
         allowed = [r for r in layers if int(r["block"]) >= floor]
@@ -151,7 +152,6 @@ def cost_aware(layers: Sequence[Mapping], *, top_k: int | None = None, budget: f
             chosen = _prefix(allowed, top_k, budget, total)
         except SelectionError:
             continue
-        blocks = {str(r["name"]): int(r["block"]) for r in allowed}
         value = (sum(utility[nm] for nm, _ in chosen) / len(plain)
                  - cost_weight * backward_cost([blocks[nm] for nm, _ in chosen], num_blocks))
         if best_value is None or value > best_value + 1e-12:

@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-import torch
 import transformers
 
 import zest_hf
-from zest_hf.heads import find_head
+from zest_hf.finetune import accuracy_metric, freeze_all_but_head, predict_labels, trainable_params
 from zest_hf.models import load_model
 from zest_hf.tasks import collator_for, load_task, tokenize_split
 
@@ -56,22 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def trainable_params(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def fresh_model(args, num_labels: int):
     # The same seed before every load gives both runs (and the reload) the same initial head.
     transformers.set_seed(args.seed)
     return load_model(args.model, "seq_cls", num_labels=num_labels)
-
-
-def freeze_all_but_head(model) -> list[str]:
-    """Head-only training: the task head (the modules ZEST trains besides its selection) is all that trains."""
-    head = find_head(model)
-    for name, p in model.named_parameters():
-        p.requires_grad = name.split(".")[0] in head
-    return head
 
 
 def make_trainer(model, tokenizer, train, args) -> transformers.Trainer:
@@ -82,46 +68,6 @@ def make_trainer(model, tokenizer, train, args) -> transformers.Trainer:
         save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True)
     return transformers.Trainer(model=model, args=targs, train_dataset=train, processing_class=tokenizer,
                                 data_collator=collator_for("seq_cls", tokenizer))
-
-
-def accuracy_metric():
-    """``(source, fn)``, ``fn(predictions, references) -> accuracy``: the ``evaluate`` library's metric if it loads.
-
-    ``evaluate.load("accuracy")`` fetches the metric's script from the Hugging Face Hub, so offline it raises
-    (FileNotFoundError with ``HF_HUB_OFFLINE=1``, a connection error without network). Then the same number is
-    computed with numpy. With ``HF_HUB_OFFLINE=1`` evaluate is not even imported: its import alone takes ~10 s.
-    """
-    from huggingface_hub import constants
-
-    offline = "numpy; evaluate.load needs the Hub"
-    if constants.HF_HUB_OFFLINE:
-        return offline, _numpy_accuracy
-    try:
-        import evaluate
-
-        metric = evaluate.load("accuracy")
-    except ImportError:
-        return "numpy; evaluate is not installed", _numpy_accuracy
-    except OSError:  # FileNotFoundError, and requests' ConnectionError, are OSErrors
-        return offline, _numpy_accuracy
-    return "evaluate", lambda preds, refs: float(metric.compute(predictions=preds, references=refs)["accuracy"])
-
-
-def _numpy_accuracy(preds, refs) -> float:
-    return float(np.mean(np.asarray(preds) == np.asarray(refs)))
-
-
-@torch.no_grad()
-def predict(model, dataset, collator, batch_size: int = 64) -> list[int]:
-    """Predicted labels, in order. A plain loop on this process (not ``trainer.predict``, which every process of an
-    accelerate run would have to join): the trained and the reloaded model see identical batches."""
-    model.eval()
-    device = next(model.parameters()).device
-    preds = []
-    for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
-        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        preds += model(**batch).logits.argmax(-1).tolist()
-    return preds
 
 
 def run(args) -> dict:
@@ -160,13 +106,13 @@ def run(args) -> dict:
 
     metric_source, accuracy = accuracy_metric()
     refs = list(test["labels"])
-    zest_preds, head_preds = predict(trainer.model, test, collator), predict(base_only, test, collator)
+    zest_preds, head_preds = predict_labels(trainer.model, test, collator), predict_labels(base_only, test, collator)
 
     # Reload: stock peft onto a fresh base model (import zest_hf registers peft_type "ZEST"); no probe runs again.
     from peft import PeftModel
 
     reloaded = PeftModel.from_pretrained(fresh_model(args, task.num_labels)[0], args.output_dir)
-    reload_preds = predict(reloaded, test, collator)
+    reload_preds = predict_labels(reloaded, test, collator)
     result = {
         "task": task.name, "num_test": len(test), "metric": metric_source, "config": cfg,
         "zest": {"accuracy": accuracy(zest_preds, refs), "predictions": zest_preds, "loss": zest_loss,

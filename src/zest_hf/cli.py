@@ -182,12 +182,14 @@ def _cmd_study(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    """The main job on the embedded default (packaged MiniLM, BBC News)."""
-    out = Path(args.out_dir)
-    ns = argparse.Namespace(model=DEFAULT_MODEL, task=DEFAULT_TASK, head="auto", batch_size=16, max_length=128,
-                            seed=0, split_seed=0, dtype=None, device=None, metrics="default", rank_by=DEFAULT_RANK_BY,
-                            top=36, out=str(out / "probe.json"), plot=str(out / "heatmap.png"), quiet=False)
-    return _cmd_probe(ns)
+    """The whole flow on the packaged default (MiniLM, BBC News): probe, rank, select, fine-tune, evaluate, save,
+    reload."""
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(top_k=args.top_k, steps=args.steps, seed=args.seed, eval_examples=args.eval_examples,
+                     max_examples=args.max_examples, **({"predictor": args.predictor} if args.predictor else {}))
+    run_demo(args.out_dir, cfg)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,14 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="results")
     p.set_defaults(func=_cmd_study)
 
-    p = sub.add_parser("demo", help="the main job on the packaged default (MiniLM on BBC News)")
+    p = sub.add_parser("demo", help="the whole flow on the packaged default (MiniLM on BBC News): probe, rank, "
+                                    "select, fine-tune, evaluate, save, reload")
     p.add_argument("--out-dir", default="out/demo")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-examples", type=int, default=500, help="first N test examples (0: all)")
+    p.add_argument("--max-examples", type=int, default=None, help="seeded subset of the task (quick runs)")
+    p.add_argument("--predictor", default=None, help="bundled name (default zest-universal), directory or Hub id")
     p.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:
+        # `import zest_hf` has already imported transformers, so the environment variable would come too late:
+        # without this every load of a model with a new task head prints a "newly initialized" report.
+        import transformers
+
+        transformers.logging.set_verbosity_error()
     args = build_parser().parse_args(argv)
     return args.func(args)
 

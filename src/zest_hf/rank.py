@@ -45,7 +45,10 @@ class Ranking:
 
 
 def rank_probe(result: ProbeResult, predictor=None, revision: str | None = None) -> Ranking:
-    """Score the layers of an existing probe result."""
+    """Score the layers of an existing probe result (``predictor`` as in :func:`rank`, ``metric:<column>``
+    included). The probe must hold the columns the predictor reads."""
+    if isinstance(predictor, str) and predictor.startswith("metric:"):
+        return _rank_result_by_column(result, predictor)
     pred = load_predictor(predictor, revision=revision)
     scores = pred.score(result)
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
@@ -85,10 +88,16 @@ def rank(model: nn.Module, batch, predictor=None, *, revision: str | None = None
 def _rank_by_column(model, batch, spec: str, **probe_kwargs) -> Ranking:
     """``metric:<column>`` (largest first) or ``metric:-<column>`` (smallest first): one zero-shot metric, no
     predictor. The baseline a predictor must beat, and a fallback when no predictor is at hand."""
+    column = spec.split(":", 1)[1].lstrip("-")
+    return _rank_result_by_column(probe(model, batch, _metrics_for([column]), **probe_kwargs), spec)
+
+
+def _rank_result_by_column(result: ProbeResult, spec: str) -> Ranking:
     column = spec.split(":", 1)[1]
     descending = not column.startswith("-")
     column = column.lstrip("-")
-    result = probe(model, batch, _metrics_for([column]), **probe_kwargs)
+    if column not in result.values:
+        raise ValueError(f"{spec!r}: the probe has no column {column!r}; its columns: {result.columns}")
     vals = result.column(column)
     order = result.ranking(column, descending=descending)
     idx = {n: i for i, n in enumerate(result.names)}

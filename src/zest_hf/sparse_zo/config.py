@@ -1,0 +1,84 @@
+"""``SparseZOConfig``: zeroth-order fine-tuning of a few "sensitive" weights over a 4-bit frozen model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional, Union
+
+__all__ = ["SparseZOConfig"]
+
+QUANT_TYPES = ("nf4", "fp4")
+
+
+@dataclass
+class SparseZOConfig:
+    """What :class:`~zest_hf.sparse_zo.ZOTrainer` tunes and how (after "Zeroth-Order Fine-Tuning of LLMs with
+    Extreme Sparsity", arXiv 2406.02913, with MeZO's in-place SPSA step).
+
+    The learning rate, the number of steps, the batch size and the schedule are the Trainer's own
+    (``TrainingArguments``); this config holds what is specific to the method.
+
+    Args:
+        percent: Share of the candidate weights' coordinates that are tuned, in percent, in (0, 100]. The default
+            0.1 tunes one coordinate in a thousand.
+        mask_batches: Training batches whose squared gradients are summed to rank coordinates (a diagonal Fisher
+            estimate). Computed once, before training, on the full-precision model; fixed for the whole run.
+        target_modules: Candidate projections (module-name suffixes or full names); ``None``: every projection
+            ``zest_hf.find_targets`` knows for the architecture.
+        zest_top_k: Restrict the mask to ZEST's top-k layers for the task, chosen from one training batch with
+            ``predictor`` (the two ideas combined). ``None``: the mask may fall anywhere in the candidates.
+        predictor: ZEST predictor used when ``zest_top_k`` is set (bundled name, directory, Hub id or
+            ``metric:<column>``).
+        quantize: ``"nf4"`` (default) or ``"fp4"``: every candidate projection's frozen weights are held in 4 bit
+            by bitsandbytes; ``None`` keeps them in the model's precision (for comparisons).
+        blocksize: Quantisation block size (bitsandbytes: 64 is its default for 4 bit).
+        double_quant: Quantise the per-block scales too (QLoRA's "double quantisation"; ~0.4 bit per weight less).
+        eps: SPSA perturbation scale (MeZO: 1e-3).
+        weight_decay: Decoupled weight decay on the tuned values, as MeZO applies it.
+        zo_seed: Base seed of the perturbations; step ``t`` draws its z from ``hash(zo_seed, t)``, so any step can be
+            replayed from this number alone.
+    """
+
+    percent: float = 0.1
+    mask_batches: int = 4
+    target_modules: Optional[Union[list[str], str]] = None
+    zest_top_k: Optional[int] = None
+    predictor: str = "zest-universal"
+    quantize: Optional[str] = "nf4"
+    blocksize: int = 64
+    double_quant: bool = True
+    eps: float = 1e-3
+    weight_decay: float = 0.0
+    zo_seed: int = 0
+    # Filled in when the mask is computed: where it came from (batches, model, counts), for the saved run.
+    mask_info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not (isinstance(self.percent, (int, float)) and 0 < self.percent <= 100):
+            raise ValueError(f"percent must be in (0, 100] (a share of the candidate coordinates, in percent), "
+                             f"got {self.percent!r}; the method's default is 0.1")
+        if self.mask_batches < 1:
+            raise ValueError(f"mask_batches must be >= 1, got {self.mask_batches}")
+        if self.quantize is not None and self.quantize not in QUANT_TYPES:
+            raise ValueError(f"quantize must be one of {QUANT_TYPES} or None, got {self.quantize!r}")
+        if self.zest_top_k is not None and self.zest_top_k < 1:
+            raise ValueError(f"zest_top_k must be >= 1 (or None for no restriction), got {self.zest_top_k}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "SparseZOConfig":
+        d = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown SparseZOConfig fields {unknown}; written by a newer zest_hf?")
+        return cls(**d)

@@ -1,0 +1,192 @@
+"""The sensitive mask: the top p% coordinates of the candidate weights by summed squared gradient.
+
+The squared gradient summed over a few batches is a diagonal Fisher estimate; the coordinates where it is largest
+are those whose change moves the loss most. The mask is computed once, on the full-precision model, and then fixed.
+Like the probe, computing it leaves the model exactly as it was (weights, requires_grad, train/eval mode, grads).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["SensitiveMask", "sensitive_mask"]
+
+
+@dataclass
+class SensitiveMask:
+    """Per layer, the flat indices (into ``weight.view(-1)``, sorted) of the tuned coordinates.
+
+    ``shapes`` records each layer's weight shape, so a mask cannot be applied to a model it was not made for.
+    """
+
+    indices: dict[str, torch.Tensor]
+    shapes: dict[str, tuple[int, int]]
+    percent: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_selected(self) -> int:
+        return sum(int(i.numel()) for i in self.indices.values())
+
+    def per_layer(self) -> dict[str, int]:
+        return {n: int(i.numel()) for n, i in self.indices.items()}
+
+    def save(self, path: str | Path) -> None:
+        """safetensors: ``<layer>.indices`` (int64) and ``<layer>.shape``; percent and info in the metadata."""
+        import json
+
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for name, idx in self.indices.items():
+            tensors[f"{name}.indices"] = idx.detach().cpu().contiguous()
+            tensors[f"{name}.shape"] = torch.tensor(self.shapes[name], dtype=torch.int64)
+        save_file(tensors, str(path), metadata={"format": "zest_hf.SensitiveMask/1", "percent": str(self.percent),
+                                                "info": json.dumps(self.info)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SensitiveMask":
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "zest_hf.SensitiveMask/1":
+                raise ValueError(f"{path} is not a zest_hf sensitive mask (no 'zest_hf.SensitiveMask/1' metadata)")
+            names = sorted({k.rsplit(".", 1)[0] for k in f.keys()})
+            indices = {n: f.get_tensor(f"{n}.indices") for n in names}
+            shapes = {n: tuple(int(v) for v in f.get_tensor(f"{n}.shape").tolist()) for n in names}
+        return cls(indices=indices, shapes=shapes, percent=float(meta["percent"]), info=json.loads(meta["info"]))
+
+
+def sensitive_mask(
+    model: nn.Module,
+    batches: Iterable[Mapping],
+    percent: float = 0.1,
+    *,
+    target_modules=None,
+    layers: Sequence[str] | None = None,
+    max_batches: int | None = None,
+    progress: bool = False,
+) -> SensitiveMask:
+    """Rank every coordinate of the candidate weights by its squared gradient summed over ``batches``; keep the top
+    ``percent`` % of all candidate coordinates (one global threshold, so sensitive layers get more).
+
+    Args:
+        model: A transformers model with a loss head, in full precision (the gradients rank coordinates).
+        batches: Collated batches (labels included unless a causal LM); task data or generic text.
+        percent: In (0, 100].
+        target_modules: Candidate filter, as for :func:`zest_hf.find_targets`.
+        layers: Restrict the mask to these module names (e.g. ZEST's top-k selection).
+        max_batches: Use at most this many batches.
+        progress: Show a progress bar.
+
+    Raises:
+        ValueError: ``percent`` outside (0, 100], ``layers`` naming no candidate, no batch given.
+        NoTargetsError: The model has no candidate projections.
+        NonFiniteError: A gradient is NaN or infinite (the mask would be meaningless).
+    """
+    from tqdm.auto import tqdm
+
+    from ..loss import check_batch, model_loss, prepare_batch
+    from ..probe import NonFiniteError, _device_of
+    from ..targets import find_targets
+
+    if not (isinstance(percent, (int, float)) and 0 < percent <= 100):
+        raise ValueError(f"percent must be in (0, 100], got {percent!r}")
+    targets = find_targets(model, target_modules)
+    if layers is not None:
+        wanted = set(layers)
+        unknown = sorted(wanted - {t.name for t in targets})
+        if unknown:
+            raise ValueError(f"layers {unknown} are not candidate projections of this model; candidates are e.g. "
+                             f"{[t.name for t in targets[:3]]}")
+        targets = [t for t in targets if t.name in wanted]
+    weights = {t.name: t.module.weight for t in targets}
+    total = sum(w.numel() for w in weights.values())
+    k = max(1, math.ceil(total * percent / 100))
+    device = _device_of(model)
+
+    params = list(model.parameters())
+    saved_flags = [p.requires_grad for p in params]
+    saved_grads = [p.grad for p in params]
+    was_training = model.training
+    sums = {n: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for n, w in weights.items()}
+    hooks = []
+    n_batches = 0
+    try:
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+        for name, w in weights.items():
+            w.requires_grad_(True)
+            # Square into the running sum as soon as a gradient lands, and drop it: never a full grad buffer
+            # per layer on top of the sum.
+            hooks.append(w.register_post_accumulate_grad_hook(_square_into(sums[name])))
+        model.eval()  # no dropout: the estimate should not depend on a random mask of activations
+        bar = tqdm(batches, total=max_batches, desc="sensitive mask", unit="batch", disable=not progress)
+        for batch in bar:
+            if max_batches is not None and n_batches >= max_batches:
+                break
+            check_batch(model, batch)
+            loss = model_loss(model, prepare_batch(model, batch, device))
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"the loss is {loss.item()} on mask batch {n_batches}; check the inputs and "
+                                     "the model's dtype (fp16 overflows easily) before computing a mask")
+            loss.backward()
+            n_batches += 1
+        bar.close()
+        if n_batches == 0:
+            raise ValueError("no batch to compute the sensitive mask from; pass at least one collated batch")
+        bad = [n for n, s in sums.items() if not torch.isfinite(s).all()]
+        if bad:
+            raise NonFiniteError(f"non-finite squared gradients in {bad[:3]}{'...' if len(bad) > 3 else ''}; "
+                                 "the mask would be meaningless. Check for overflow (fp16) or bad inputs.")
+        indices = _global_top_k(sums, k)
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, flag, g in zip(params, saved_flags, saved_grads):
+            p.requires_grad_(flag)
+            p.grad = g
+        model.train(was_training)
+    shapes = {n: tuple(w.shape) for n, w in weights.items()}
+    info = {"num_batches": n_batches, "candidate_coordinates": total, "selected": k,
+            "layers_with_coordinates": sum(1 for i in indices.values() if i.numel())}
+    return SensitiveMask(indices=indices, shapes=shapes, percent=float(percent), info=info)
+
+
+def _square_into(acc: torch.Tensor):
+    def hook(p: torch.Tensor) -> None:
+        acc.add_(p.grad.detach().float().pow(2))
+        p.grad = None
+
+    return hook
+
+
+def _global_top_k(sums: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """The k largest entries over all layers. Each layer contributes at most its own top k, so only
+    (layers x k) values are ever compared, never a concatenation of every coordinate."""
+    names, vals, locs = [], [], []
+    for i, (name, s) in enumerate(sums.items()):
+        flat = s.view(-1)
+        top = torch.topk(flat, min(k, flat.numel()), sorted=False)
+        names.append(name)
+        vals.append(top.values.cpu())
+        locs.append(torch.stack([torch.full_like(top.indices.cpu(), i), top.indices.cpu()]))
+    allv = torch.cat(vals)
+    loc = torch.cat(locs, dim=1)
+    keep = torch.topk(allv, k, sorted=False).indices
+    layer_of, idx_of = loc[0, keep], loc[1, keep]
+    out = {}
+    for i, name in enumerate(names):
+        sel = idx_of[layer_of == i]
+        out[name] = torch.sort(sel).values.to(sums[name].device)
+    return out

@@ -1,0 +1,148 @@
+"""``ZOTrainer``: a ``transformers.Trainer`` whose steps are zeroth-order, over sparse fp32 values on a 4-bit model.
+
+A stock Trainer script changes one class name and adds one config::
+
+    trainer = ZOTrainer(model=model, args=args, train_dataset=train, data_collator=collator,
+                        sparse_zo=SparseZOConfig(percent=0.1, zest_top_k=None))
+    trainer.train()                 # mask from the first batches, 4-bit quantisation, then ZO steps
+    trainer.save_model("out")       # out/sparse_delta.safetensors: only the tuned coordinates
+
+Everything the Trainer schedules still applies: ``learning_rate`` and its scheduler (read from the optimizer's
+param group at every step), ``max_steps``/epochs, logging, evaluation, checkpoints (which hold the sparse delta)
+and resuming from them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import transformers
+
+from .config import SparseZOConfig
+from .io import CONFIG_FILE, DELTA_FILE, load_sparse_zo, save_sparse_delta
+from .layers import attach_sparse, sparse_layers, tunable_values
+from .mask import sensitive_mask
+from .step import step_seed, zo_step
+
+__all__ = ["ZOTrainer", "MASK_FILE"]
+
+MASK_FILE = "sensitive_mask.safetensors"
+
+
+class ZOTrainer(transformers.Trainer):
+    """Zeroth-order fine-tuning of the sensitive coordinates (see :class:`SparseZOConfig`).
+
+    Args:
+        sparse_zo: The method's settings; default ``SparseZOConfig()`` (0.1 %, NF4).
+        mask_dataset: Data for the sensitive mask (e.g. generic text tokenised for a causal LM); default: the
+            training data. Collated by the Trainer's ``data_collator``.
+        *args, **kwargs: Those of ``transformers.Trainer``.
+
+    Raises (at construction, before anything is computed):
+        ValueError: gradient accumulation (a zeroth-order step has no gradient to accumulate: raise the batch size
+            instead), more than one process, DeepSpeed or FSDP.
+    """
+
+    def __init__(self, *args, sparse_zo: SparseZOConfig | None = None, mask_dataset=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sparse_zo = sparse_zo if sparse_zo is not None else SparseZOConfig()
+        self.mask_dataset = mask_dataset
+        a = self.args
+        if a.gradient_accumulation_steps != 1:
+            raise ValueError(f"gradient_accumulation_steps={a.gradient_accumulation_steps}: zeroth-order steps have "
+                             "no gradient to accumulate (each step is two forward passes on one batch). Set it to 1 "
+                             "and raise per_device_train_batch_size instead.")
+        if a.world_size > 1:
+            raise ValueError(f"ZOTrainer runs in one process (found {a.world_size}); the zeroth-order step is "
+                             "forward-only and needs little memory: launch it without accelerate/torchrun.")
+        if a.deepspeed or a.fsdp:
+            raise ValueError("ZOTrainer does not support DeepSpeed or FSDP: the frozen weights are held in 4 bit "
+                             "and only ~0.1% of coordinates are tuned, so the model is not sharded.")
+
+    # ------------------------------------------------------------------------------------------------- set-up
+    def prepare_sparse(self, resume_from: str | Path | None = None) -> None:
+        """Compute the mask and quantise (or, when resuming, rebuild from a checkpoint). Runs once; ``train()``
+        calls it, and it can be called before to inspect the model."""
+        if sparse_layers(self.model):
+            return
+        cfg = self.sparse_zo
+        if resume_from is not None:
+            load_sparse_zo(self.model, resume_from, quantize=cfg.quantize, blocksize=cfg.blocksize,
+                           double_quant=cfg.double_quant, target_modules=cfg.target_modules)
+            return
+        loader = (self.get_train_dataloader() if self.mask_dataset is None else
+                  torch.utils.data.DataLoader(self.mask_dataset, batch_size=self.args.per_device_train_batch_size,
+                                              collate_fn=self.data_collator))
+        batches = []
+        for batch in loader:  # a handful of batches; held so that selection and mask see the same data
+            batches.append(batch)
+            if len(batches) >= cfg.mask_batches:
+                break
+        layers = None
+        if cfg.zest_top_k is not None:
+            from ..peft_method import ZestConfig
+            from ..selection import select
+
+            zcfg = select(self.model, batches[0], ZestConfig(top_k=cfg.zest_top_k, predictor=cfg.predictor,
+                                                             candidates=cfg.target_modules,
+                                                             probe_seed=self.args.seed))
+            layers = list(zcfg.selected_modules)
+        mask = sensitive_mask(self.model, batches, cfg.percent, target_modules=cfg.target_modules, layers=layers)
+        del batches
+        cfg.mask_info = dict(mask.info, percent=cfg.percent, source="mask_dataset" if self.mask_dataset is not None
+                             else "train_dataset", zest_layers=layers)
+        attach_sparse(self.model, mask, quantize=cfg.quantize, blocksize=cfg.blocksize,
+                      double_quant=cfg.double_quant, target_modules=cfg.target_modules)
+        self.sensitive_mask = mask
+        if self.args.should_save:
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            mask.save(Path(self.args.output_dir) / MASK_FILE)  # fixed for the run, and saved with it
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        path = resume_from_checkpoint
+        if path is True:
+            path = transformers.trainer_utils.get_last_checkpoint(self.args.output_dir)
+            if path is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint")
+        self.prepare_sparse(resume_from=path)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # The tuned values were loaded by prepare_sparse from the checkpoint's sparse delta; there is no full
+        # state dict to load.
+        if not (Path(resume_from_checkpoint) / DELTA_FILE).is_file():
+            raise ValueError(f"{resume_from_checkpoint} holds no {DELTA_FILE}: not a ZOTrainer checkpoint")
+
+    def create_optimizer(self, model=None):
+        # No optimizer state: SGD over the tuned values only carries the learning rate the scheduler sets. It never
+        # steps anything (the values have no .grad); training_step applies the zeroth-order update itself.
+        if self.optimizer is None:
+            params = tunable_values(self.model)
+            if not params:
+                raise ValueError("no tuned coordinates: the sensitive mask is empty")
+            self.optimizer = torch.optim.SGD(params, lr=self.args.learning_rate)
+        return self.optimizer
+
+    # ------------------------------------------------------------------------------------------------ the step
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        cfg = self.sparse_zo
+        model.eval()  # both passes must see the same function: no dropout
+        inputs = self._prepare_inputs(inputs)
+        lr = self.optimizer.param_groups[0]["lr"]
+        seed = step_seed(cfg.zo_seed, self.state.global_step)
+        loss, grad = zo_step(lambda: self.compute_loss(model, inputs), tunable_values(model), lr=lr, eps=cfg.eps,
+                             seed=seed, weight_decay=cfg.weight_decay, restore="copy")
+        self.last_projected_grad = grad
+        return torch.tensor(loss, device=self.args.device)
+
+    # ---------------------------------------------------------------------------------------------- saving
+    def _save(self, output_dir=None, state_dict=None):
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        save_sparse_delta(self.model, output_dir, self.sparse_zo)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+

@@ -1,0 +1,320 @@
+"""zest_hf.sparse_zo: sensitive mask, 4-bit + exact-sparse layers, MeZO's step, the ZOTrainer, and saving only the
+tuned coordinates. Tiny random Llama models; bitsandbytes' NF4 runs on the CPU."""
+
+import copy
+import math
+
+import pytest
+import torch
+import transformers
+from conftest import tiny_bert_cls, tiny_llama, token_batch
+
+from zest_hf import NoTargetsError, find_targets
+from zest_hf.probe import NonFiniteError
+from zest_hf.sparse_zo import (
+    MASK_FILE,
+    SensitiveMask,
+    SparseQuantLinear,
+    SparseZOConfig,
+    ZOTrainer,
+    apply_sparse_delta,
+    attach_sparse,
+    load_sparse_zo,
+    perturb,
+    read_sparse_delta,
+    sensitive_mask,
+    sparse_layers,
+    tunable_values,
+    zo_step,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def lm_batch(seed=0, batch=4, length=12):
+    b = token_batch(batch=batch, length=length, seed=seed)
+    b["labels"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+    return b
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------------------ mask
+def test_mask_is_the_global_top_percent_by_summed_squared_gradient_and_leaves_the_model_unchanged():
+    torch.manual_seed(0)
+    model = tiny_llama()
+    model.train()
+    model.model.embed_tokens.weight.requires_grad_(False)  # a flag the mask must restore
+    before = state(model)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    batches = [lm_batch(0), lm_batch(1)]
+    mask = sensitive_mask(model, batches, percent=0.5)
+
+    # brute force: the same sum of squared gradients, all coordinates concatenated, one global top-k
+    targets = find_targets(model)
+    sums = {t.name: torch.zeros_like(t.module.weight) for t in targets}
+    ref = copy.deepcopy(model).eval()
+    for b in batches:
+        ref.zero_grad()
+        ref(**b).loss.backward()
+        for t in targets:
+            sums[t.name] += ref.get_submodule(t.name).weight.grad ** 2
+    total = sum(s.numel() for s in sums.values())
+    k = math.ceil(total * 0.5 / 100)
+    flat = torch.cat([s.view(-1) for s in sums.values()])
+    threshold = torch.topk(flat, k).values.min()
+    assert mask.num_selected == k == mask.info["selected"]
+    for name, idx in mask.indices.items():
+        assert torch.all(sums[name].view(-1)[idx] >= threshold * (1 - 1e-5))
+        assert torch.equal(idx, torch.sort(idx).values)
+    assert sum(int((s.view(-1) > threshold * (1 + 1e-5)).sum()) for s in sums.values()) <= k
+
+    after = state(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_mask_restricted_to_layers_and_saved_round_trip(tmp_path):
+    model = tiny_llama()
+    layers = ["model.layers.1.mlp.down_proj", "model.layers.0.self_attn.v_proj"]
+    mask = sensitive_mask(model, [lm_batch()], percent=2.0, layers=layers)
+    assert set(n for n, i in mask.indices.items() if i.numel()) <= set(layers)
+    assert mask.info["candidate_coordinates"] == 128 * 64 + 64 * 64
+    mask.save(tmp_path / "m.safetensors")
+    back = SensitiveMask.load(tmp_path / "m.safetensors")
+    assert back.percent == 2.0 and back.shapes == mask.shapes
+    assert all(torch.equal(back.indices[n], mask.indices[n]) for n in mask.indices)
+
+
+@pytest.mark.parametrize("p", [0, -1, 100.5, float("nan")])
+def test_percent_outside_0_100_is_refused(p):
+    with pytest.raises(ValueError, match=r"percent must be in \(0, 100\]"):
+        SparseZOConfig(percent=p)
+    with pytest.raises(ValueError, match=r"percent must be in \(0, 100\]"):
+        sensitive_mask(tiny_llama(), [lm_batch()], percent=p)
+
+
+def test_mask_on_a_model_without_candidates_and_on_unknown_layers_is_refused():
+    class NoProjections(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+
+    with pytest.raises(NoTargetsError):
+        sensitive_mask(NoProjections(), [{"input_ids": torch.zeros(1, 2, dtype=torch.long)}])
+    with pytest.raises(ValueError, match="not candidate projections"):
+        sensitive_mask(tiny_llama(), [lm_batch()], layers=["model.layers.7.mlp.up_proj"])
+
+
+# ----------------------------------------------------------------------------------------------- the layers
+@pytest.mark.parametrize("quantize", ["nf4", None])
+def test_sparse_layer_is_quantised_dense_plus_exact_sparse(quantize):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 64)
+    w = lin.weight.detach().clone()
+    idx = torch.tensor([0, 5, 700, 8191])
+    layer = SparseQuantLinear(lin, idx, quantize)
+    dense = layer.dense_weight()
+    assert torch.equal(dense.view(-1)[idx], w.view(-1)[idx])  # the sensitive coordinates are exact
+    rest = torch.ones(w.numel(), dtype=torch.bool)
+    rest[idx] = False
+    err = (dense.view(-1)[rest] - w.view(-1)[rest]).abs()
+    if quantize is None:
+        assert torch.equal(dense, w)
+    else:  # NF4 with blocks of 64: a few percent of the weight scale, and not exact
+        assert 0 < err.mean() < 0.1 * w.abs().mean()
+        assert layer.storage_bytes() < 0.2 * w.numel() * 4
+    x = torch.randn(3, 128)
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, dense, lin.bias))
+    assert layer.values.dtype == torch.float32 and not layer.values.requires_grad
+
+
+def test_attach_quantises_every_candidate_and_freezes_the_rest():
+    model = tiny_llama()
+    mask = sensitive_mask(model, [lm_batch()], percent=1.0)
+    attach_sparse(model, mask)
+    layers = sparse_layers(model)
+    assert set(layers) == {t.name for t in find_targets(tiny_llama())}
+    assert not any(p.requires_grad for p in model.parameters())
+    assert sum(v.numel() for v in tunable_values(model)) == mask.num_selected
+    assert not any(isinstance(m, torch.nn.Linear) and "layers" in n for n, m in model.named_modules())
+
+
+def test_attach_refuses_a_mask_of_another_model():
+    mask = sensitive_mask(tiny_llama(), [lm_batch()], percent=1.0)
+    other = tiny_llama(head_dim=32)  # q/k/v/o of another shape
+    with pytest.raises(ValueError, match="other shapes"):
+        attach_sparse(other, mask)
+    assert not sparse_layers(other)
+
+
+# --------------------------------------------------------------------------------------------------- the step
+def test_zo_step_perturbs_both_ways_restores_exactly_and_updates_along_the_regenerated_z():
+    torch.manual_seed(0)
+    params = [torch.randn(50), torch.randn(3, 7)]
+    start = [p.clone() for p in params]
+    seen = []
+
+    def loss_fn():
+        seen.append([p.clone() for p in params])
+        return sum((p ** 2).sum() for p in params)
+
+    z = [torch.zeros_like(p) for p in params]
+    perturb(z, seed=123, scale=1.0)  # the z the step will draw
+    loss, g = zo_step(loss_fn, params, lr=0.0, eps=1e-2, seed=123)
+    assert all(torch.equal(p, s) for p, s in zip(params, start))  # lr 0: bit-identical after the step
+    for p_plus, p_minus, s, zz in zip(seen[0], seen[1], start, z):
+        torch.testing.assert_close(p_plus, s + 1e-2 * zz)
+        torch.testing.assert_close(p_minus, s - 1e-2 * zz)
+    l_pos, l_neg = (sum((p ** 2).sum() for p in ps) for ps in seen)
+    assert g == pytest.approx(float(l_pos - l_neg) / 2e-2, rel=1e-6)
+    assert loss == pytest.approx(float(l_pos + l_neg) / 2, rel=1e-6)
+
+    zo_step(loss_fn, params, lr=0.1, eps=1e-2, seed=123)
+    for p, s, zz in zip(params, start, z):
+        torch.testing.assert_close(p, s - 0.1 * g * zz)
+
+
+def test_zo_step_refuses_low_precision_values_and_restores_on_a_nan_loss():
+    with pytest.raises(TypeError, match="fp32"):
+        zo_step(lambda: torch.tensor(1.0), [torch.zeros(3, dtype=torch.bfloat16)], lr=1e-3, eps=1e-3, seed=0)
+    p = torch.randn(10)
+    start = p.clone()
+    with pytest.raises(NonFiniteError, match="restored and not updated"):
+        zo_step(lambda: torch.tensor(float("nan")), [p], lr=1.0, eps=1e-3, seed=0)
+    assert torch.equal(p, start)
+
+
+def test_sparse_zo_lowers_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = tiny_llama()
+    batch = lm_batch(batch=8)
+    attach_sparse(model, sensitive_mask(model, [batch], percent=5.0))
+    model.eval()
+    params = tunable_values(model)
+    with torch.no_grad():
+        first = model(**batch).loss.item()
+    for step in range(150):
+        zo_step(lambda: model(**batch).loss, params, lr=3e-3, eps=1e-3, seed=step)
+    with torch.no_grad():
+        last = model(**batch).loss.item()
+    assert last < first - 0.05, (first, last)
+
+
+# -------------------------------------------------------------------------------------------------- trainer
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, n=32, length=12):
+        self.rows = []
+        for i in range(n):
+            b = lm_batch(seed=i, batch=1, length=length)
+            self.rows.append({k: v[0] for k, v in b.items()})
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def zo_args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "run"), max_steps=6, per_device_train_batch_size=4, learning_rate=1e-2,
+                report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
+                dataloader_pin_memory=False)
+    return transformers.TrainingArguments(**dict(base, **kw))
+
+
+def test_trainer_tunes_only_the_sensitive_values_and_saves_only_them(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_llama()
+    base = copy.deepcopy(model)
+    trainer = ZOTrainer(model=model, args=zo_args(tmp_path), train_dataset=ListDataset(),
+                        sparse_zo=SparseZOConfig(percent=1.0, mask_batches=2, zo_seed=7))
+    trainer.prepare_sparse()
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith(".values")}
+    values0 = [v.clone() for v in tunable_values(model)]
+    trainer.train()
+    after = model.state_dict()
+    assert all(torch.equal(frozen[k], after[k]) for k in frozen)  # embeddings, norms, 4-bit weights untouched
+    assert any(not torch.equal(a, b) for a, b in zip(values0, tunable_values(model)))
+    assert trainer.optimizer.state_dict()["state"] == {}  # no optimizer state
+    assert (tmp_path / "run" / MASK_FILE).is_file()
+
+    out = tmp_path / "final"
+    trainer.save_model(str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["sparse_delta.safetensors", "sparse_zo_config.json"]
+    indices, values, shapes, meta = read_sparse_delta(out)
+    assert sum(i.numel() for i in indices.values()) == sum(v.numel() for v in tunable_values(model))
+    assert SparseZOConfig.from_json(out / "sparse_zo_config.json").mask_info["num_batches"] == 2
+
+    # the delta applied to a plain fp32 base changes exactly the tuned coordinates, to exactly the trained values
+    plain = apply_sparse_delta(copy.deepcopy(base), out)
+    for name, m in sparse_layers(model).items():
+        w0, w1 = base.get_submodule(name).weight.view(-1), plain.get_submodule(name).weight.view(-1)
+        changed = torch.nonzero(w0 != w1).view(-1)
+        assert set(changed.tolist()) <= set(m.flat_idx.tolist())
+        assert torch.equal(w1[m.flat_idx], m.values)
+    # rebuilt in 4 bit from the delta, the model computes exactly what the trained one does
+    rebuilt = load_sparse_zo(copy.deepcopy(base), out)
+    b = lm_batch(5)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(**b).logits, model.eval()(**b).logits)
+
+
+def test_trainer_restricted_to_zest_top_k(tmp_path):
+    trainer = ZOTrainer(model=tiny_llama(), args=zo_args(tmp_path, max_steps=1), train_dataset=ListDataset(),
+                        sparse_zo=SparseZOConfig(percent=5.0, zest_top_k=2, predictor="metric:grad_norm"))
+    trainer.prepare_sparse()
+    assert len(trainer.sparse_zo.mask_info["zest_layers"]) == 2
+    tuned = {n for n, m in sparse_layers(trainer.model).items() if m.flat_idx.numel()}
+    assert tuned and tuned <= set(trainer.sparse_zo.mask_info["zest_layers"])
+
+
+def test_trainer_refuses_gradient_accumulation_before_touching_the_model(tmp_path):
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2"):
+        ZOTrainer(model=model, args=zo_args(tmp_path, gradient_accumulation_steps=2), train_dataset=ListDataset())
+    assert not sparse_layers(model)
+
+
+def test_a_model_cast_to_bf16_after_attaching_is_refused_at_the_first_step(tmp_path):
+    model = tiny_llama()
+    attach_sparse(model, sensitive_mask(model, [lm_batch()], percent=1.0))
+    model.to(torch.bfloat16)  # casts the fp32 tuned values too
+    with pytest.raises(TypeError, match="fp32"):
+        zo_step(lambda: model(**lm_batch()).loss, tunable_values(model), lr=1e-3, eps=1e-3, seed=0)
+
+
+def test_bf16_model_keeps_fp32_tuned_values():
+    model = tiny_llama().to(torch.bfloat16)
+    attach_sparse(model, sensitive_mask(model, [lm_batch()], percent=1.0))
+    assert {v.dtype for v in tunable_values(model)} == {torch.float32}
+    with torch.no_grad():
+        assert model(**lm_batch()).logits.dtype == torch.bfloat16
+
+
+def test_a_malformed_delta_file_gives_a_clear_error(tmp_path):
+    (tmp_path / "sparse_delta.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        read_sparse_delta(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no sparse delta"):
+        read_sparse_delta(tmp_path / "missing")
+
+
+def test_resuming_from_a_checkpoint_continues_the_same_run(tmp_path):
+    """A checkpoint holds the sparse delta; resuming rebuilds the 4-bit model from it (no new mask) and the steps
+    after it replay exactly (same seeds, data order and learning rates)."""
+    torch.manual_seed(0)
+    base = tiny_llama()
+    cfg = dict(percent=1.0, mask_batches=1, zo_seed=3)
+    full = ZOTrainer(model=copy.deepcopy(base), args=zo_args(tmp_path / "a", save_strategy="steps", save_steps=3),
+                     train_dataset=ListDataset(), sparse_zo=SparseZOConfig(**cfg))
+    full.train()
+    resumed = ZOTrainer(model=copy.deepcopy(base), args=zo_args(tmp_path / "a"), train_dataset=ListDataset(),
+                        sparse_zo=SparseZOConfig(**cfg))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "run" / "checkpoint-3"))
+    assert resumed.state.global_step == 6
+    for a, b in zip(tunable_values(full.model), tunable_values(resumed.model)):
+        assert torch.equal(a, b)

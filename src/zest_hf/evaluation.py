@@ -52,11 +52,24 @@ class Variant:
         return f"{self.arch}/{self.normalization}{'' if self.prior else '/no-prior'}"
 
 
-def load_model_tasks(data_dir: str | Path, min_layers: int = 10) -> list[ModelTask]:
-    """Every model-task with ground truth and a probe, scores averaged over seeds, aligned with the probe's layers."""
+def load_model_tasks(data_dir: str | Path, min_layers: int = 10, separating_only: bool = True) -> list[ModelTask]:
+    """Every model-task with ground truth and a probe, scores averaged over seeds, aligned with the probe's layers.
+
+    ``separating_only``: leave out model-tasks whose best layers do not beat head-only beyond seed noise
+    (:func:`zest_hf.study.head_only_gaps`): their layer order is noise, which would teach a predictor nothing and
+    judge it against chance. Model-tasks that cannot be judged (no head-only run) are kept.
+    """
+    from .study import head_only_gaps
+
     gt = load_ground_truth(data_dir)
+    dropped = set()
+    if separating_only:
+        gaps = head_only_gaps(gt)
+        dropped = {(r.model, r.task) for r in gaps.itertuples() if r.separates is not None and not r.separates}
     out = []
     for (model, task), g in gt.groupby(["model", "task"]):
+        if (model, task) in dropped:
+            continue
         pr = load_probe(data_dir, model, task)
         if pr is None:
             continue

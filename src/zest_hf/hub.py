@@ -125,7 +125,7 @@ import zest_hf
 ranking = zest_hf.rank(model, batch, predictor="<this repo id or directory>")
 ```
 
-- Architecture: `{predictor.arch}` (hidden {predictor.hidden}), features normalised per model-task by
+- Architecture: `{predictor.arch}`{f' (hidden {predictor.hidden})' if predictor.arch == 'mlp' else ' (one weight per feature)'}, features normalised per model-task by
   `{predictor.normalization}`, data-free prior features: {predictor.prior}.
 - Metric set (probe columns): {", ".join(predictor.metrics) or "none (data-free prior)"}.
 - Trained with RankNet's pairwise logistic loss on pairs of layers from the same model-task, seed

@@ -341,17 +341,16 @@ def accuracy_phase(models, methods, out_dir: Path, arch: str, normalization: str
 
 
 # ---------------------------------------------------------------------------------------------------- cost phase
-def cost_worker(model_name: str, method_name: str, out_dir: Path, repeats: int) -> dict:
+def _cost_batch(model_name: str):
+    """The cost phase's model and batch: one fixed batch, every sequence padded to the full length, so that every
+    method (and the selection worker) sees exactly the same tokens."""
     import torch
 
-    from zest_hf.heads import find_head
     from zest_hf.workflow import prepare
 
     budget = budget_of(model_name)
-    task = budget["tasks"][0]
-    method = BY_NAME[method_name]
-    # One fixed batch, every sequence padded to the full length: every method sees exactly the same tokens.
-    prep = prepare(model_name, task, batch_size=budget["batch_size"], max_length=budget["max_length"], seed=0)
+    prep = prepare(model_name, budget["tasks"][0], batch_size=budget["batch_size"],
+                   max_length=budget["max_length"], seed=0)
     batch = dict(prep.batch)
     pad = budget["max_length"] - batch["input_ids"].shape[1]
     if pad > 0:
@@ -360,12 +359,40 @@ def cost_worker(model_name: str, method_name: str, out_dir: Path, repeats: int) 
         batch["attention_mask"] = torch.nn.functional.pad(batch["attention_mask"], (0, pad), value=0)
         if "token_type_ids" in batch:
             batch["token_type_ids"] = torch.nn.functional.pad(batch["token_type_ids"], (0, pad), value=0)
-    model = prep.model
+    return prep.model, batch
+
+
+def select_worker(model_name: str, method_name: str, out_dir: Path) -> dict:
+    """Resolve a probing method's ZestConfig (probe + rank + choose) and return it as JSON. Run in its own process
+    so that the probe's memory, which the allocator keeps after it is freed, never counts in a step's peak."""
+    method = BY_NAME[method_name]
+    model, batch = _cost_batch(model_name)
+    selectors = json.loads((selectors_dir(out_dir, budget_of(model_name)["tasks"][0])
+                            / "selection_info.json").read_text())
+    _, cfg = build(method, model, selectors, None, 0, batch=batch)
+    return {"config": cfg.to_json()}
+
+
+def cost_worker(model_name: str, method_name: str, out_dir: Path, repeats: int) -> dict:
+    import peft
+    import torch
+
+    import zest_hf
+    from zest_hf.heads import find_head
+
+    budget = budget_of(model_name)
+    task = budget["tasks"][0]
+    method = BY_NAME[method_name]
+    model, batch = _cost_batch(model_name)
     head = find_head(model)
-    selectors = json.loads((selectors_dir(out_dir, task) / "selection_info.json").read_text()) \
-        if method.kind in ("zest", "lora_zest", "single") else {}
-    oracle = oracle_layers(model_name, task, 5) if method.kind == "oracle" else None
-    model, cfg = build(method, model, selectors, oracle, 0, batch=batch)
+    if method.kind in ("zest", "lora_zest", "single"):
+        # Selected in a separate process (see select_worker); here the resolved config is only applied.
+        cfg = zest_hf.ZestConfig.from_json(run_worker([__file__, "--select-worker", model_name, method_name,
+                                                       "--out-dir", str(out_dir)])["config"])
+        model = peft.get_peft_model(model, cfg.to_lora_config() if cfg.mode == "lora" else cfg)
+    else:
+        oracle = oracle_layers(model_name, task, 5) if method.kind == "oracle" else None
+        model, cfg = build(method, model, {}, oracle, 0, batch=batch)
     model.train()
     opt = torch.optim.AdamW(optimizer_groups(model, head, 1e-4, 1e-3), weight_decay=0.0)
 
@@ -514,6 +541,7 @@ def main() -> int:
     ap.add_argument("--eval-examples", type=int, default=None, help="override validation and test subset sizes")
     ap.add_argument("--seeds", default=None, help="override the seeds (comma list; the first one tunes the rates)")
     ap.add_argument("--cost-worker", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    ap.add_argument("--select-worker", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -526,6 +554,9 @@ def main() -> int:
             b["val_examples"] = b["test_examples"] = args.eval_examples
     if args.seeds:
         SEEDS[:] = [int(x) for x in args.seeds.split(",")]
+    if args.select_worker:
+        print("RESULT " + json.dumps(select_worker(*args.select_worker, out_dir)))
+        return 0
     if args.cost_worker:
         print("RESULT " + json.dumps(cost_worker(*args.cost_worker, out_dir, args.repeats)))
         return 0

@@ -98,3 +98,23 @@ def test_cli_select_refuses_bad_sizes(tiny_dir, capsys):
     assert rc == 2 and "top_k=40 but the model has only 12" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["select", "--model", str(tiny_dir), "--top-k", "2", "--budget", "0.1"])
+
+
+def test_cli_select_cost_weight_keeps_the_selection_high_so_backward_stops_early(tiny_dir, tmp_path, capsys):
+    common = ["select", "--model", str(tiny_dir), "--task", "bbc_news", "--top-k", "3", "--batch-size", "4",
+              "--max-length", "32", "--predictor", "metric:-weight_std", "--seed", "0"]
+    assert main(common + ["--config-out", str(tmp_path / "plain.json")]) == 0
+    assert main(common + ["--cost-weight", "10", "--config-out", str(tmp_path / "cheap.json")]) == 0
+    plain, cheap = (ZestConfig.from_json(tmp_path / f) for f in ("plain.json", "cheap.json"))
+    blocks = {t.name: t.block for t in zest_hf.find_targets(
+        transformers.AutoModelForSequenceClassification.from_pretrained(tiny_dir, num_labels=5,
+                                                                        ignore_mismatched_sizes=True))}
+    top = max(blocks.values())
+    # a heavy cost weight keeps all three in the top block: backward crosses one block of two
+    assert cheap.cost_weight == 10 and {blocks[n] for n in cheap.selected_modules} == {top}
+    assert cheap.selection_info["backward_cost"] == 0.5
+    # plain top-k by this metric reaches lower (otherwise the test would not tell the two apart)
+    assert min(blocks[n] for n in plain.selected_modules) < top
+    assert main(common + ["--cost-weight", "-1", "--config-out", str(tmp_path / "bad.json")]) == 2
+    assert "cost_weight must be a number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists()

@@ -115,12 +115,12 @@ def _cmd_select(args) -> int:
 
     try:
         config = ZestConfig(top_k=args.top_k, budget=args.budget, mode=args.mode, probe_seed=args.seed,
-                            **({"predictor": args.predictor} if args.predictor else {}))
+                            cost_weight=args.cost_weight, **({"predictor": args.predictor} if args.predictor else {}))
         prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size,
                        max_length=args.max_length, seed=args.seed, split_seed=args.split_seed, dtype=args.dtype,
                        device=args.device)
         resolved = select(prep.model, prep.batch, config)
-    except (SelectionError, MissingLabelsError) as e:
+    except (SelectionError, MissingLabelsError, ValueError) as e:  # ValueError: ZestConfig's own checks
         print(f"zest select: {e}", file=sys.stderr)
         return 2
     info = resolved.selection_info
@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the selection in place, or LoRA on it")
     p.add_argument("--predictor", default=None,
                    help="bundled name (default zest-universal), local directory, Hub id, or 'metric:<probe column>'")
+    p.add_argument("--cost-weight", type=float, default=0.0,
+                   help="trade predicted importance for a cheaper step: 0 is plain top-k; larger values keep the "
+                        "selection in higher blocks so backward stops earlier (see README, cost-aware selection)")
     p.add_argument("--config-out", default="zest_config.json", help="where to write the resolved ZestConfig (JSON)")
     p.set_defaults(func=_cmd_select)
 

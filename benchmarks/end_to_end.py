@@ -454,7 +454,9 @@ def report(out_dir: Path) -> str:
             cell = (agg["mean"] * 100).round(1).astype(str) + " ± " + (agg["std"].fillna(0) * 100).round(1).astype(str)
             t = cell.unstack("task")
             t.columns = [c.replace("bigbench:", "") for c in t.columns]
-            t["mean"] = (agg["mean"].groupby("method").mean() * 100).round(1)
+            # the mean over tasks only where a method has every task (a partial run would compare unlike sets)
+            complete = agg["mean"].groupby("method").count() == g["task"].nunique()
+            t["mean"] = (agg["mean"].groupby("method").mean() * 100).round(1).where(complete)
             t["seeds"] = agg["count"].groupby("method").min()
             tr = g.groupby("method")[["trainable_wo_head", "total_params"]].first()
             t["trainable (w/o head)"] = (tr["trainable_wo_head"] / tr["total_params"] * 100).round(3).astype(str) + "%"

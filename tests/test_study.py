@@ -49,3 +49,27 @@ def test_study_taus_ceiling_and_outputs(tmp_path):
     assert gaps["gain_sd"] == pytest.approx((sum(s0[-5:]) / 5 - 0.1) / sd) and gaps["separates"]
     for f in ("single_metric_taus.md", "single_metric_taus.png", "single_metric_taus.csv"):
         assert (tmp_path / "out" / f).stat().st_size > 0
+
+
+def test_a_model_without_two_seeds_is_judged_with_another_models_noise():
+    import pandas as pd
+
+    from zest_hf.study import head_only_gaps
+
+    def rows(model, task, seed, scores, head):
+        out = [{"model": model, "task": task, "seed": seed, "layer": f"l{i}", "score": s, "val_acc": s,
+                "wall_s": 1.0} for i, s in enumerate(scores)]
+        return out + [{"model": model, "task": task, "seed": seed, "layer": HEAD_ONLY, "score": head,
+                       "val_acc": head, "wall_s": 1.0}]
+
+    n = 12
+    noisy = [0.5 + 0.1 * ((-1) ** i) for i in range(n)]  # seeds disagree by 0.2 on every layer: sd 0.1
+    gt = pd.DataFrame(rows("a", "t", 0, [0.5] * n, 0.5) + rows("a", "t", 1, noisy, 0.5)
+                      + rows("b", "t", 0, [0.55] * n, 0.5))  # model b: one seed, a 5-point gain
+    gaps = head_only_gaps(gt).set_index("model")
+    sd_a = gaps.loc["a", "seed_sd"]
+    assert sd_a > 0.05
+    # b has no noise estimate of its own: a's is used, and 5 points over head-only is not beyond it
+    assert gaps.loc["b", "seed_sd"] == sd_a
+    assert gaps.loc["b", "gain_sd"] == pytest.approx(0.05 / sd_a)
+    assert gaps.loc["b", "separates"] is not None and not gaps.loc["b", "separates"]

@@ -108,16 +108,19 @@ def head_only_gaps(gt: pd.DataFrame) -> pd.DataFrame:
     best layers beat head-only beyond seed noise.
 
     ``gain_sd`` = (mean of the 5 best layers - head-only) / the seed-to-seed sd of one layer's score (the task's own
-    when it has two seeds, else pooled over the model's two-seed tasks). The top-5 mean of 36 pure-noise draws sits
+    when it has two seeds, else pooled over the model's two-seed tasks, else - a model with no two-seed task yet -
+    the largest pooled sd of any other model, a conservative stand-in). The top-5 mean of 36 pure-noise draws sits
     ~1.2 sd above their mean, so a task ``separates`` when ``gain_sd > 2``: only then can it teach a predictor which
     layers matter.
     """
     noise = seed_noise(gt)
+    pooled = [v for k, v in noise.items() if isinstance(k, str) and v == v]
+    fallback = max(pooled) if pooled else float("nan")
     rows = []
     for (model, task), g in gt.groupby(["model", "task"]):
         head = g[g["layer"] == HEAD_ONLY]["val_acc"].mean()
         s = _mean_score(g)
-        sd = noise.get((model, task), noise.get(model, float("nan")))
+        sd = noise.get((model, task), noise.get(model, fallback))
         gain = (s.nlargest(5).mean() - head) / sd if sd and sd == sd and head == head else float("nan")
         rows.append({"model": model, "task": task, "layers": len(s), "seeds": g["seed"].nunique(),
                      "head_only": head, "best": s.max(), "median": s.median(), "worst": s.min(), "seed_sd": sd,

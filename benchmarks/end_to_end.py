@@ -370,12 +370,13 @@ def _cost_batch(model_name: str):
 def select_worker(model_name: str, method_name: str, out_dir: Path) -> dict:
     """Resolve a probing method's ZestConfig (probe + rank + choose) and return it as JSON. Run in its own process
     so that the probe's memory, which the allocator keeps after it is freed, never counts in a step's peak."""
-    method = BY_NAME[method_name]
+    import zest_hf
+
     model, batch = _cost_batch(model_name)
     selectors = json.loads((selectors_dir(out_dir, budget_of(model_name)["tasks"][0])
                             / "selection_info.json").read_text())
-    _, cfg = build(method, model, selectors, None, 0, batch=batch)
-    return {"config": cfg.to_json()}
+    cfg = zest_config(BY_NAME[method_name], model, selectors, None, 0)
+    return {"config": zest_hf.select(model, batch, cfg).to_json()}
 
 
 def cost_worker(model_name: str, method_name: str, out_dir: Path, repeats: int) -> dict:

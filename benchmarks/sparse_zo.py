@@ -19,10 +19,21 @@ answer), two phases, each resumable from what it wrote to ``--out-dir``:
     and 4 bit), dense ZO at the end of its budget, sparse ZO at the same number of steps as dense ZO reached, and
     sparse ZO at the end of its budget.
 
+``accuracy --steps N`` (equal steps; the comparison the target is stated in)
+    Dense ZO and sparse ZO each train exactly ``N`` steps, learning rate chosen per method from a two-point grid by
+    validation loss after ``--grid-steps`` steps. Counting steps instead of seconds makes the comparison immune to
+    whatever else the machine runs, and lets a run span sessions: every ``--eval-every`` steps the tuned values and
+    the step are checkpointed under ``ckpt/`` (not committed) and the validation loss is appended to ``curve.jsonl``,
+    so a killed run resumes where it stopped, on exactly the batches and perturbation seeds the uninterrupted run
+    would have used (step ``t`` uses the batch of ``batch_at(t)`` and the seed ``step_seed(0, t)``). Training
+    seconds are recorded too, and the curves are drawn both per step and per second (``curves.png``).
+
 Writes ``cost.jsonl``, ``accuracy.jsonl`` and ``sparse_zo.md`` (both tables, with the command, seeds and threads).
 
     python benchmarks/sparse_zo.py                          # both phases, then the report (~1 h on 2 cores)
     python benchmarks/sparse_zo.py --phase cost             # one phase
+    python benchmarks/sparse_zo.py --phase accuracy --steps 300 --batch-size 8 --threads 1 \
+        --out-dir benchmarks/results/sparse_zo_steps        # equal steps, resumable (hours on one core)
 """
 
 from __future__ import annotations
@@ -41,6 +52,10 @@ from measure import reset_peak, rss_kb, run_worker, time_and_peak  # noqa: E402
 OUT = Path(__file__).resolve().parent / "results" / "sparse_zo"
 METHODS = ["inference_fp32", "inference_4bit", "fo_full", "fo_zest5", "zo_dense", "zo_sparse_4bit"]
 GRIDS = {"zo_dense": (1e-6, 1e-5), "zo_sparse_4bit": (1e-4, 1e-3)}
+# The step-counted grids move one point up from the wall-clock grids above, whose results (benchmarks/results/
+# sparse_zo/accuracy.jsonl: dense 1e-5 beat 1e-6; sparse 1e-3 diverged, 1e-4 improved) left open only whether a
+# larger rate than the winner does better still.
+STEP_GRIDS = {"zo_dense": (1e-5, 3e-5), "zo_sparse_4bit": (1e-4, 3e-4)}
 EPS = 1e-3
 PERCENT = 0.1
 
@@ -317,13 +332,205 @@ def accuracy_phase(args) -> None:
         append(path, end)
 
 
+# ----------------------------------------------------------------------------------- accuracy, equal steps
+def batch_at(train, collate, args, step: int, seed: int = 0) -> dict:
+    """The batch of step ``step``: epoch ``e`` is a fresh permutation seeded by (seed, e), so a resumed run sees the
+    batches the uninterrupted run would have (a ``DataLoader`` iterator cannot be fast-forwarded cheaply)."""
+    import torch
+
+    per_epoch = len(train) // args.batch_size  # the last incomplete batch of an epoch is dropped
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return collate([train[i] for i in perm[k * args.batch_size:(k + 1) * args.batch_size].tolist()])
+
+
+def _ckpt(args, run: str) -> tuple[Path, Path]:
+    d = Path(args.out_dir) / "ckpt"
+    slug = run.replace(" ", "_").replace("=", "")
+    return d / f"{slug}.safetensors", d / f"{slug}.json"
+
+
+def save_ckpt(args, run: str, params, step: int, seconds: float) -> None:
+    """Tuned values, then the step they belong to (each written to a temporary file and renamed, the step last, so
+    a kill at any point leaves the previous checkpoint or the new one, never a mix)."""
+    import os
+
+    from safetensors.torch import save_file
+
+    tensors, meta = _ckpt(args, run)
+    tensors.parent.mkdir(parents=True, exist_ok=True)
+    save_file({f"p{i}": p.detach().contiguous() for i, p in enumerate(params)}, str(tensors) + ".tmp")
+    os.replace(str(tensors) + ".tmp", tensors)
+    Path(str(meta) + ".tmp").write_text(json.dumps({"step": step, "seconds": seconds, "n": len(params)}))
+    os.replace(str(meta) + ".tmp", meta)
+
+
+def load_ckpt(args, run: str, params) -> tuple[int, float]:
+    """Restore the tuned values of ``run`` in place; returns (step, training seconds so far), (0, 0.0) if none."""
+    import torch
+    from safetensors.torch import load_file
+
+    tensors, meta = _ckpt(args, run)
+    if not meta.exists():
+        return 0, 0.0
+    info = json.loads(meta.read_text())
+    saved = load_file(str(tensors))
+    if info["n"] != len(params) or any(saved[f"p{i}"].shape != p.shape for i, p in enumerate(params)):
+        raise SystemExit(f"checkpoint {tensors} does not match the model being trained (other --batch-size, mask or "
+                         f"task?): delete {tensors.parent} or use another --out-dir")
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(saved[f"p{i}"])
+    return int(info["step"]), float(info["seconds"])
+
+
+def train_zo_steps(model, params, train, collate, args, *, run: str, lr: float, steps: int, dense: bool,
+                   val_batches, curve: Path | None) -> float:
+    """``steps`` ZO steps of ``run``, resumed from its checkpoint; returns the training seconds (steps only, not
+    the validation passes). With ``curve``, the validation loss every ``--eval-every`` steps (and at step 0)."""
+    from tqdm.auto import tqdm
+
+    from zest_hf.sparse_zo import step_seed, zo_step
+
+    start, seconds = load_ckpt(args, run, params)
+    logged = {r["step"] for r in read_jsonl(curve) if r["run"] == run} if curve else set()
+    if curve is not None and start not in logged:  # step 0, or a kill between checkpoint and curve row
+        append(curve, {"run": run, "lr": lr, "step": start, "seconds": seconds, "val_loss": val_loss(model, val_batches)})
+    bar = tqdm(total=steps, initial=start, desc=run, unit="step")
+    for t in range(start, steps):
+        batch = batch_at(train, collate, args, t)
+        t0 = time.perf_counter()
+        zo_step(lambda: model(**batch).loss, params, lr=lr, eps=EPS, seed=step_seed(0, t),
+                restore="mezo" if dense else "copy")
+        seconds += time.perf_counter() - t0
+        bar.update(1)
+        done = t + 1
+        if done % args.eval_every == 0 or done == steps:
+            save_ckpt(args, run, params, done, seconds)
+            if curve is not None:
+                append(curve, {"run": run, "lr": lr, "step": done, "seconds": seconds,
+                               "val_loss": val_loss(model, val_batches)})
+    bar.close()
+    return seconds
+
+
+def steps_phase(args) -> None:
+    """Dense ZO and sparse ZO over 4 bit at equal steps (see the module docstring); resumable at every level."""
+    import torch
+
+    from zest_hf.sparse_zo import SensitiveMask, attach_sparse, tunable_values
+    from zest_hf.tasks import score_choices, tokenize_split
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out_dir)
+    path, curve = out / "accuracy.jsonl", out / "curve.jsonl"
+    have = {r["row"] for r in read_jsonl(path)}
+
+    def fresh(quantized: bool):
+        model, tok, task, train, collate = setup(args)
+        if quantized:
+            if not mask_path(args).exists():
+                compute_mask(model, train, collate, args).save(mask_path(args))
+            attach_sparse(model, SensitiveMask.load(mask_path(args)), quantize="nf4")
+        val = tokenize_split(task.splits["validation"].select(range(min(64, len(task.splits["validation"])))), tok,
+                             model_kind="causal_lm", max_length=args.max_length)
+        vb = [collate([val[j] for j in range(i, min(i + 16, len(val)))]) for i in range(0, len(val), 16)]
+        return model, tok, task, train, collate, vb
+
+    def test_acc(model, tok, task) -> float:
+        test = task.splits["test"].select(range(min(args.eval_examples, len(task.splits["test"]))))
+        return score_choices(model, tok, test, max_length=args.max_length, batch_size=64)["accuracy"]
+
+    for quantized, row in ((False, "no_training_fp32"), (True, "no_training_4bit")):
+        if row not in have:
+            model, tok, task, train, collate, vb = fresh(quantized)
+            append(path, {"row": row, "steps": 0, "val_loss": val_loss(model, vb), "test_acc": test_acc(model, tok, task)})
+            del model
+            trim()
+
+    def params_of(model, dense):
+        return list(model.parameters()) if dense else tunable_values(model)
+
+    for method, grid in STEP_GRIDS.items():
+        dense = method == "zo_dense"
+        for lr in grid:
+            key = f"grid{args.grid_steps} {method} lr={lr:g}"
+            if key in have:
+                continue
+            model, tok, task, train, collate, vb = fresh(not dense)
+            params = params_of(model, dense)
+            secs = train_zo_steps(model, params, train, collate, args, run=key, lr=lr, steps=args.grid_steps,
+                                  dense=dense, val_batches=vb, curve=None)
+            append(path, {"row": key, "method": method, "lr": lr, "steps": args.grid_steps, "seconds": secs,
+                          "val_loss": val_loss(model, vb)})
+            del model, params
+            trim()
+
+    rows = read_jsonl(path)
+    for method, grid in STEP_GRIDS.items():
+        key = f"{method} {args.steps} steps"
+        if key in {r["row"] for r in rows}:
+            continue
+        dense = method == "zo_dense"
+        tried = [r for r in rows if r["row"] in {f"grid{args.grid_steps} {method} lr={lr:g}" for lr in grid}]
+        lr = min(tried, key=lambda r: r["val_loss"])["lr"]
+        model, tok, task, train, collate, vb = fresh(not dense)
+        params = params_of(model, dense)
+        # The checkpoint and curve are named by method and rate, not by the step count: a later, longer --steps
+        # continues this run instead of starting over.
+        secs = train_zo_steps(model, params, train, collate, args, run=f"{method} lr={lr:g}", lr=lr, steps=args.steps,
+                              dense=dense, val_batches=vb, curve=curve)
+        append(path, {"row": key, "method": method, "lr": lr, "steps": args.steps, "seconds": secs,
+                      "trainable": sum(p.numel() for p in params), "val_loss": val_loss(model, vb),
+                      "test_acc": test_acc(model, tok, task)})
+        del model, params
+        trim()
+        rows = read_jsonl(path)
+
+
+def plot_curves(out: Path) -> Path | None:
+    """Validation loss per step and per training second, one line per run (``curves.png``)."""
+    rows = read_jsonl(out / "curve.jsonl")
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for run in sorted({r["run"] for r in rows}):
+        pts = sorted((r for r in rows if r["run"] == run), key=lambda r: r["step"])
+        label = run
+        axes[0].plot([r["step"] for r in pts], [r["val_loss"] for r in pts], marker=".", label=label)
+        axes[1].plot([r["seconds"] / 60 for r in pts], [r["val_loss"] for r in pts], marker=".", label=label)
+    axes[0].set_xlabel("ZO step")
+    axes[1].set_xlabel("training minutes (steps only)")
+    for ax in axes:
+        ax.set_ylabel("validation loss (64 examples)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Sparse ZO (0.1 %, NF4) vs dense MeZO on SmolLM2-135M")
+    fig.tight_layout()
+    png = out / "curves.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
 # -------------------------------------------------------------------------------------------------- report
 def report(args) -> str:
     out = Path(args.out_dir)
     cost = {r["method"]: r for r in read_jsonl(out / "cost.jsonl")}
     acc = {r["row"]: r for r in read_jsonl(out / "accuracy.jsonl")}
+    step_flags = ""
+    if args.steps:
+        step_flags = (f" --phase accuracy --steps {args.steps} --grid-steps {args.grid_steps} --eval-every "
+                      f"{args.eval_every} --batch-size {args.batch_size} --max-length {args.max_length} --out-dir "
+                      f"{out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
     lines = [f"# Sparse zeroth-order fine-tuning over 4-bit SmolLM2-135M ({args.task})", "",
-             f"`python benchmarks/sparse_zo.py --task {args.task} --threads {args.threads}`; batch {args.batch_size} x "
+             f"`python benchmarks/sparse_zo.py --task {args.task} --threads {args.threads}{step_flags}`; batch "
+             f"{args.batch_size} x "
              f"{args.max_length} tokens; sensitive coordinates {PERCENT} % (mask from 4 training batches, seed 1234); "
              f"eps {EPS}; ZO seeds step_seed(0, t); data order seed 0.", ""]
     if cost:
@@ -348,16 +555,29 @@ def report(args) -> str:
         lines += ["## Test accuracy (log-likelihood of each choice)", "",
                   "| run | lr | steps | val loss | test accuracy |", "| --- | ---: | ---: | ---: | ---: |"]
         for key in ["no_training_fp32", "no_training_4bit"] + sorted(k for k in acc if k.startswith("grid")) + [
-                "zo_dense", "zo_sparse_4bit_equal_steps", "zo_sparse_4bit"]:
+                "zo_dense", "zo_sparse_4bit_equal_steps", "zo_sparse_4bit"] + sorted(
+                k for k in acc if k.endswith(" steps")):
             r = acc.get(key)
             if r is None:
                 continue
             vl = f"{r['val_loss']:.4f}" if "val_loss" in r else "-"
             ta = f"{r['test_acc']:.4f}" if "test_acc" in r else "-"
             lines.append(f"| {key} | {r.get('lr', '-')} | {r.get('steps', '-')} | {vl} | {ta} |")
-        lines += ["", f"Same wall-clock budget ({args.budget_s:.0f} s) for dense and sparse ZO; learning rates from the "
-                  f"grid rows ({args.grid_s:.0f} s each, lowest validation loss on 64 validation examples); test on the "
-                  f"first {args.eval_examples} test examples.", ""]
+        if any(k.endswith(" steps") for k in acc):
+            lines += ["", f"Equal steps for dense and sparse ZO (`--steps`); learning rates from the `grid` rows "
+                      f"(`--grid-steps` steps each, lowest validation loss on 64 validation examples); test on the first "
+                      f"{args.eval_examples} test examples. Step timings in `accuracy.jsonl` (`seconds`).", ""]
+            timed = {k: r for k, r in acc.items() if k.endswith(" steps") and r.get("seconds")}
+            if timed:
+                lines += ["Training time (steps only, as run, other jobs sharing the machine): " + "; ".join(
+                    f"{k}: {r['seconds'] / r['steps']:.1f} s/step" for k, r in sorted(timed.items())), ""]
+            png = plot_curves(out)
+            if png is not None:
+                lines += [f"![validation curves]({png.name})", ""]
+        else:
+            lines += ["", f"Same wall-clock budget ({args.budget_s:.0f} s) for dense and sparse ZO; learning rates from "
+                      f"the grid rows ({args.grid_s:.0f} s each, lowest validation loss on 64 validation examples); "
+                      f"test on the first {args.eval_examples} test examples.", ""]
     text = "\n".join(lines)
     (out / "sparse_zo.md").write_text(text)
     return text
@@ -379,6 +599,11 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=600.0, help="wall-clock training budget per ZO method")
     ap.add_argument("--grid-s", type=float, default=120.0, help="wall clock of each learning-rate grid run")
     ap.add_argument("--eval-examples", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="accuracy at equal steps: train each ZO method exactly this many steps (resumable)")
+    ap.add_argument("--grid-steps", type=int, default=20, help="steps of each learning-rate grid run with --steps")
+    ap.add_argument("--eval-every", type=int, default=10,
+                    help="with --steps: validation loss and checkpoint every this many steps")
     ap.add_argument("--out-dir", default=str(OUT))
     ap.add_argument("--cost-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -389,7 +614,7 @@ def main() -> int:
     if args.phase in ("all", "cost"):
         cost_phase(args)
     if args.phase in ("all", "accuracy"):
-        accuracy_phase(args)
+        steps_phase(args) if args.steps else accuracy_phase(args)
     print(report(args))
     return 0
 

@@ -58,6 +58,19 @@ def tiny_dir(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A tiny random Llama causal LM with the MiniLM tokenizer (it has a pad token), saved to disk."""
+    d = tmp_path_factory.mktemp("tiny_llama")
+    tok = transformers.AutoTokenizer.from_pretrained(MINILM_DIR)
+    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                   max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models train faster on one thread, and do not fight a busy machine's other cores."""

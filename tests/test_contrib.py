@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import transformers
 from conftest import tiny_bert_cls, tiny_llama, token_batch
 
 from zest_hf import find_targets
@@ -119,4 +120,31 @@ def test_cached_and_naive_runs_of_one_layer_give_the_same_result(tiny_dir):
     assert cached["val_loss"] == pytest.approx(naive["val_loss"], rel=1e-5)
     assert cached["train_loss_last10"] == pytest.approx(naive["train_loss_last10"], rel=1e-5)
     # each run restores the pretrained start exactly
+    assert all(torch.equal(before[k], v) for k, v in setup.model.state_dict().items())
+
+
+def test_a_decoder_on_multiple_choice_trains_the_layer_alone_and_scores_by_log_likelihood(tiny_llama_dir):
+    """No head to train: the baseline is the untrained model, scored exactly as score_choices scores it, and a
+    layer's run from cached block inputs equals its naive run."""
+    from zest_hf.contrib import setup_contributions
+    from zest_hf.tasks import score_choices
+
+    setup = setup_contributions(str(tiny_llama_dir), "bigbench:social_iqa", seed=0, budget=SMALL)
+    assert setup.head_params == [] and setup.choice_plan is not None
+    before = {k: v.clone() for k, v in setup.model.state_dict().items()}
+    base = setup.run(None, caches=setup.caches(len(setup.runner) - 1))
+    assert base["layer"] == HEAD_ONLY and base["scoring"] == "loglik" and base["train_loss_last10"] is None
+    val = setup.task.splits["validation"].select(range(SMALL.eval_examples))
+    ref = score_choices(setup.model, transformers.AutoTokenizer.from_pretrained(tiny_llama_dir), val,
+                        max_length=SMALL.max_length)
+    assert base["val_acc"] == ref["accuracy"]
+    assert base["val_loss"] == pytest.approx(ref["gold_nll"], rel=1e-6)
+
+    t = [t for t in setup.targets if t.block == 1 and t.type == "down"][0]
+    cached = setup.run(t, caches=setup.caches(t.block))
+    naive = setup.run(t)
+    assert cached["val_acc"] == naive["val_acc"]
+    assert cached["val_loss"] == pytest.approx(naive["val_loss"], rel=1e-5)
+    assert cached["train_loss_last10"] == pytest.approx(naive["train_loss_last10"], rel=1e-5)
+    assert cached["val_loss"] != pytest.approx(base["val_loss"], rel=1e-6)  # the layer did train
     assert all(torch.equal(before[k], v) for k, v in setup.model.state_dict().items())

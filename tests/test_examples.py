@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import transformers
-from conftest import MINILM_DIR
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PRED = "metric:grad_norm"  # the bundled predictor may be retrained at any time; a fixed metric keeps tests stable
@@ -21,19 +20,6 @@ def load_example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory):
-    """A tiny random Llama causal LM with the MiniLM tokenizer (it has a pad token), saved to disk."""
-    d = tmp_path_factory.mktemp("tiny_llama")
-    tok = transformers.AutoTokenizer.from_pretrained(MINILM_DIR)
-    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                   max_position_embeddings=128, pad_token_id=tok.pad_token_id)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
 
 
 def test_text_classification_zest_vs_head_only_and_reload(tiny_dir, tmp_path, capsys):

@@ -14,6 +14,12 @@ Protocol (every figure in ``predictors/data`` follows it; the budget is stored o
 * ``score`` = validation accuracy (the paper's contribution score; higher = fine-tuning the layer helps more);
   ``val_loss`` is kept beside it.
 
+A decoder on a multiple-choice task has no head to train (its ``lm_head`` is tied to the embeddings): the layer
+alone trains on the LM loss of the gold answer after the prompt, the score is the log-likelihood choice accuracy
+(:func:`zest_hf.tasks.score_choices`' rule, run from the cached block inputs), ``val_loss`` is the gold choice's
+negative log-likelihood per token, and the ``__head__`` baseline is the untrained model (zero-shot). The lines say
+so in ``scoring`` (``"loglik"``; ``"head"`` otherwise).
+
 Resumable: one JSON line per (model, task, seed, layer), flushed and fsynced as soon as the layer is done; a rerun
 skips what the file already has, so a killed run loses at most the layer in progress.
 """
@@ -122,6 +128,7 @@ class ContribSetup:
     val_batches: list
     budget: ContribBudget
     row_base: dict
+    choice_plan: object = None  # a ChoicePlan: the validation forwards of a decoder scored by log-likelihood
 
     def caches(self, b: int) -> tuple[list, list]:
         """Inputs of block ``b`` for every training and validation batch (computed once, shared by its layers)."""
@@ -143,14 +150,18 @@ class ContribSetup:
         train_cache, val_cache = caches if caches is not None else ([None] * len(self.train_batches),
                                                                     [None] * len(self.val_batches))
         try:
-            groups = [{"params": self.head_params, "lr": self.budget.lr_head}]
-            if layer_params:
-                groups.append({"params": layer_params, "lr": self.budget.lr_layer})
+            groups = [g for g in ({"params": self.head_params, "lr": self.budget.lr_head},
+                                  {"params": layer_params, "lr": self.budget.lr_layer}) if g["params"]]
             for p in self.head_params + layer_params:
                 p.requires_grad_(True)
-            opt = torch.optim.AdamW(groups, weight_decay=0.0)
-            train_loss = _train(self.model, start, self.train_batches, train_cache, opt)
-            val_acc, val_loss = _evaluate(self.model, start, self.val_batches, val_cache)
+            train_loss = None  # nothing to train: a headless decoder's baseline is the untrained model
+            if groups:
+                opt = torch.optim.AdamW(groups, weight_decay=0.0)
+                train_loss = _train(self.model, start, self.train_batches, train_cache, opt)
+            if self.choice_plan is not None:
+                val_acc, val_loss = _evaluate_choices(self.model, start, self.choice_plan, self.val_batches, val_cache)
+            else:
+                val_acc, val_loss = _evaluate(self.model, start, self.val_batches, val_cache)
         finally:
             with torch.no_grad():
                 for p, p0 in zip(self.head_params + layer_params, self.head_init + layer_init):
@@ -184,18 +195,13 @@ def setup_contributions(
     import transformers
 
     from .models import load_model
-    from .tasks import collator_for, load_task, prepare_tokenizer, tokenize_split
+    from .tasks import collator_for, load_task, plan_choices, prepare_tokenizer, tokenize_split
     from .workflow import choose_head
 
     budget = budget or ContribBudget()
     budget.validate()
     task = load_task(task_name, split_seed=split_seed)
-    head_kind = choose_head(model_name, task.kind)
-    if head_kind == "causal_lm":
-        raise ValueError(
-            f"contribution runs need a task head; {task.name} is multiple choice and {model_name} is a decoder "
-            "(log-likelihood scoring, no head). Collect on a classification task for decoders."
-        )
+    head_kind = choose_head(model_name, task.kind)  # a decoder on multiple choice: causal_lm, scored by loglik
     n_train = len(task.splits["train"])
     need = budget.steps * budget.batch_size
     if need > budget.max_epochs * n_train:
@@ -232,21 +238,30 @@ def setup_contributions(
     train_batches = [_to(collate([train_ds[pos[int(i)]] for i in order[s * bs:(s + 1) * bs]]), dev)
                      for s in range(budget.steps)]
     n_val = min(budget.eval_examples, len(task.splits["validation"]))
-    val_ds = tokenize_split(task.splits["validation"].select(range(n_val)), tok, model_kind=head_kind,
-                            max_length=budget.max_length)
-    val_batches = [_to(collate([val_ds[i] for i in range(j, min(j + budget.eval_batch_size, n_val))]), dev)
-                   for j in range(0, n_val, budget.eval_batch_size)]
+    plan = None
+    if head_kind == "causal_lm":
+        # Every (example, choice) sequence, eval_batch_size sequences per forward: the same batches for every
+        # layer, so their block inputs can be cached like the training batches'.
+        plan = plan_choices(model, tok, task.splits["validation"].select(range(n_val)), max_length=budget.max_length,
+                            batch_size=budget.eval_batch_size)
+        val_batches = [_to(inp, dev) for inp in plan.inputs]
+    else:
+        val_ds = tokenize_split(task.splits["validation"].select(range(n_val)), tok, model_kind=head_kind,
+                                max_length=budget.max_length)
+        val_batches = [_to(collate([val_ds[i] for i in range(j, min(j + budget.eval_batch_size, n_val))]), dev)
+                       for j in range(0, n_val, budget.eval_batch_size)]
 
     model.eval()  # dropout off: deterministic runs, exact cached block inputs
     for p in model.parameters():
         p.requires_grad_(False)
     head_params = [p for n in head_names for p in model.get_submodule(n).parameters()]
     row_base = {"model": model_label or model_name, "task": task.name, "seed": seed, "split_seed": split_seed,
-                "budget": asdict(budget), "head": head_names, "n_train": n_train, "n_val": n_val}
+                "budget": asdict(budget), "head": head_names, "n_train": n_train, "n_val": n_val,
+                "scoring": "loglik" if plan is not None else "head"}
     return ContribSetup(model=model, task=task, targets=targets, head_names=head_names, head_params=head_params,
                         head_init=[p.detach().clone() for p in head_params],
                         runner=BlockRunner(model, all_targets), train_batches=train_batches,
-                        val_batches=val_batches, budget=budget, row_base=row_base)
+                        val_batches=val_batches, budget=budget, row_base=row_base, choice_plan=plan)
 
 
 def collect_contributions(
@@ -354,3 +369,14 @@ def _evaluate(model, start, batches, cache) -> tuple[float, float]:
         total += labels.numel()
         loss_sum += out.loss.item() * labels.numel()
     return correct / total, loss_sum / total
+
+
+@torch.no_grad()
+def _evaluate_choices(model, start, plan, batches, cache) -> tuple[float, float]:
+    """Log-likelihood choice accuracy and the gold choice's NLL per token (a decoder without a head)."""
+    totals = plan.totals()
+    for k, (batch, h) in enumerate(zip(batches, cache)):
+        with start(h):
+            plan.read(k, model(**batch).logits, totals)
+    res = plan.result(totals)
+    return res["accuracy"], res["gold_nll"]

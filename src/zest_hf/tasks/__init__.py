@@ -25,11 +25,13 @@ from .bigbench import bigbench_root, list_bigbench_tasks
 from .tokenize import (
     DEFAULT_ANSWER_CUE,
     MODEL_KINDS,
+    ChoicePlan,
     causal_prompt,
     collator_for,
     encode_causal,
     make_batch,
     model_kind,
+    plan_choices,
     prepare_tokenizer,
     score_choices,
     tokenize_split,
@@ -37,6 +39,7 @@ from .tokenize import (
 )
 
 __all__ = [
+    "ChoicePlan",
     "DEFAULT_ANSWER_CUE",
     "KINDS",
     "MODEL_KINDS",
@@ -54,6 +57,7 @@ __all__ = [
     "load_task",
     "make_batch",
     "model_kind",
+    "plan_choices",
     "prepare_tokenizer",
     "register_task",
     "score_choices",

@@ -566,7 +566,8 @@ def report(args) -> str:
         if any(k.endswith(" steps") for k in acc):
             lines += ["", f"Equal steps for dense and sparse ZO (`--steps`); learning rates from the `grid` rows "
                       f"(`--grid-steps` steps each, lowest validation loss on 64 validation examples); test on the first "
-                      f"{args.eval_examples} test examples. Step timings in `accuracy.jsonl` (`seconds`).", ""]
+                      f"{args.eval_examples} test examples or the whole test split if smaller (goal_step_wikihow: "
+                      f"225). Step timings in `accuracy.jsonl` (`seconds`).", ""]
             timed = {k: r for k, r in acc.items() if k.endswith(" steps") and r.get("seconds")}
             if timed:
                 lines += ["Training time (steps only, as run, other jobs sharing the machine): " + "; ".join(

@@ -44,7 +44,7 @@ PLAN = [
     # teach nothing), so it stays last until scored by validation loss or run at a smaller budget.
     ("minilm", "bigbench:timedial", (0,)),
     # 11 choices: every step and evaluation costs 11 sequences per example; ~25 min per layer on a shared 2-core
-    # machine, so last.
+    # machine, so after every cheaper candidate.
     ("minilm", "bigbench:language_identification", (0,)),
     ("minilm", "bigbench:unit_conversion/unit_identification", (0,)),
     # SmolLM2: pilots (one layer + head vs head only, see predictors/data/README.md) showed fever, multiemo and

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from zest_hf import ProbeResult
@@ -73,3 +74,43 @@ def test_a_model_without_two_seeds_is_judged_with_another_models_noise():
     assert gaps.loc["b", "seed_sd"] == sd_a
     assert gaps.loc["b", "gain_sd"] == pytest.approx(0.05 / sd_a)
     assert gaps.loc["b", "separates"] is not None and not gaps.loc["b", "separates"]
+
+
+def test_a_collection_in_progress_is_left_out_until_its_head_only_line(tmp_path):
+    """A seed still being collected (no head-only line yet) must not enter seed means, ceilings or the taus."""
+    from zest_hf.evaluation import load_model_tasks
+    from zest_hf.study import collection_status, load_ground_truth
+
+    n = 12
+    s0 = [i / n for i in range(n)]
+    _write(tmp_path, {0: s0}, {"up": list(range(n)), "down": list(range(n, 0, -1)), "flat": [1.0] * n})
+    # seed 1: the first 3 layers so far, with scores that would reverse them if averaged in
+    path = tmp_path / "contrib" / "toy" / "task.seed1.jsonl"
+    with path.open("w") as fh:
+        for i in range(3):
+            fh.write(json.dumps({"model": "toy", "task": "task", "seed": 1, "layer": f"m.layers.{i}.q_proj",
+                                 "type": "q", "block": 0, "score": 5.0 - i, "val_acc": 5.0 - i, "val_loss": 0.0,
+                                 "wall_s": 1.0}) + "\n")
+    assert set(load_ground_truth(tmp_path)["seed"]) == {0}
+    assert set(load_ground_truth(tmp_path, complete_only=False)["seed"]) == {0, 1}
+    status = collection_status(tmp_path).set_index("seed")
+    assert status.loc[0, "complete"] and not status.loc[1, "complete"] and status.loc[1, "layers"] == 3
+    # a pilot: one layer and its head-only baseline is not a finished collection either
+    with path.open("a") as fh:
+        fh.write(json.dumps({"model": "toy", "task": "task", "seed": 1, "layer": HEAD_ONLY, "type": "head", "block": -1,
+                             "score": 0.1, "val_acc": 0.1, "val_loss": 2.0, "wall_s": 1.0}) + "\n")
+    assert not collection_status(tmp_path).set_index("seed").loc[1, "complete"]
+    res = run_study(tmp_path, tmp_path / "out")
+    assert res["taus"]["toy/task"]["up"] == pytest.approx(1.0)  # seed 1's reversed partial scores did not count
+    assert res["ceiling"].empty
+    assert "Still being collected" in res["markdown"]
+    (d,) = load_model_tasks(tmp_path)
+    np.testing.assert_allclose(d.scores, s0)
+    # a model-task whose only seed is partial is not there at all
+    path.rename(tmp_path / "contrib" / "toy" / "other.seed1.jsonl")
+    with (tmp_path / "contrib" / "toy" / "other.seed1.jsonl").open("r+") as fh:
+        text = fh.read().replace('"task": "task"', '"task": "other"')
+        fh.seek(0), fh.write(text), fh.truncate()
+    probes = tmp_path / "probes" / "toy"
+    (probes / "other.json").write_text((probes / "task.json").read_text())  # it has a probe: only partiality drops it
+    assert {m.task for m in load_model_tasks(tmp_path)} == {"task"}

@@ -19,19 +19,49 @@ from scipy.stats import kendalltau
 from .contrib import HEAD_ONLY, read_jsonl, task_slug
 from .probe import ProbeResult
 
-__all__ = ["load_ground_truth", "load_probe", "single_metric_taus", "noise_ceilings", "seed_noise", "head_only_gaps",
+__all__ = ["load_ground_truth", "collection_status", "load_probe", "single_metric_taus", "noise_ceilings", "seed_noise", "head_only_gaps",
            "run_study"]
 
 
-def load_ground_truth(data_dir: str | Path) -> pd.DataFrame:
-    """All contribution lines under ``data_dir/contrib`` as one DataFrame (head-only rows included)."""
+def load_ground_truth(data_dir: str | Path, complete_only: bool = True) -> pd.DataFrame:
+    """All contribution lines under ``data_dir/contrib`` as one DataFrame (head-only rows included).
+
+    ``complete_only``: keep only finished collections (:func:`collection_status`). The layers of an unfinished one
+    are a biased sample (the collector goes block by block, lowest first) that would skew seed averages, noise
+    ceilings and every ranking judged on it.
+    """
     rows = []
     for path in sorted(Path(data_dir, "contrib").glob("*/*.jsonl")):
         rows.extend(read_jsonl(path))
     if not rows:
         raise FileNotFoundError(f"no ground truth under {Path(data_dir, 'contrib')}; run `zest contrib` first")
     df = pd.DataFrame(rows)
+    if complete_only:
+        status = _status(df)
+        done = status[status["complete"]][["model", "task", "seed"]]
+        df = df.merge(done, on=["model", "task", "seed"], how="inner")
     return df
+
+
+def _status(df: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (model, task, seed), g in df.groupby(["model", "task", "seed"]):
+        rows.append({"model": model, "task": task, "seed": int(seed), "layers": int(g.loc[g["layer"] != HEAD_ONLY, "layer"].nunique()),
+                     "has_head_only": bool((g["layer"] == HEAD_ONLY).any()), "wall_h": g["wall_s"].sum() / 3600})
+    out = pd.DataFrame(rows)
+    full = out[out["has_head_only"]].groupby("model")["layers"].max()
+    out["complete"] = [bool(r.has_head_only and r.layers >= full.get(r.model, 0)) for r in out.itertuples()]
+    return out
+
+
+def collection_status(data_dir: str | Path) -> pd.DataFrame:
+    """One row per (model, task, seed) collection: layers collected, whether it is ``complete``, wall time so far.
+
+    Complete means: it has its head-only line and as many layers as the model's largest collection (every layer,
+    or the model's documented subset). The head-only line alone does not tell: the collector writes it after the
+    last block, but a pilot (``zest contrib --layers ...``) writes one beside its one layer.
+    """
+    return _status(load_ground_truth(data_dir, complete_only=False))
 
 
 def load_probe(data_dir: str | Path, model: str, task: str) -> ProbeResult | None:
@@ -150,13 +180,18 @@ def run_study(data_dir: str | Path, out_dir: str | Path) -> dict:
     lines += ["## Noise ceiling: seed-to-seed tau of the ground truth", "",
               ceil.round(3).to_markdown(index=False) if not ceil.empty else "(needs two seeds of a model-task)", "",
               "## Does fine-tuning one layer beat head-only?", "", gaps.round(3).to_markdown(index=False), ""]
+    status = collection_status(data_dir)
+    partial = status[~status["complete"]]
+    if not partial.empty:
+        lines += ["## Still being collected (left out of every table above)", "",
+                  partial.round(2).to_markdown(index=False), ""]
     text = "\n".join(lines)
     (out_dir / "single_metric_taus.md").write_text(text)
     taus.to_csv(out_dir / "single_metric_taus.csv")
     if not taus.empty:
         _heatmap(taus, out_dir / "single_metric_taus.png")
     (out_dir / "noise_ceiling.json").write_text(json.dumps(ceil.to_dict(orient="records"), indent=1))
-    return {"taus": taus, "ceiling": ceil, "gaps": gaps, "markdown": text}
+    return {"taus": taus, "ceiling": ceil, "gaps": gaps, "status": status, "markdown": text}
 
 
 def _heatmap(taus: pd.DataFrame, path: Path) -> None:

@@ -309,8 +309,13 @@ def accuracy_phase(models, methods, out_dir: Path, arch: str, normalization: str
         budget = budget_of(model_name)
         key_budget = {k: budget[k] for k in ("steps", "batch_size", "max_length", "val_examples", "test_examples")}
         for task in budget["tasks"]:
-            selectors = loto_selectors(model_name, task, out_dir, arch, normalization)
-            oracle = oracle_layers(model_name, task, 5)
+            # Built only when a method of this invocation needs them: the leave-one-task-out predictor is frozen
+            # when first built, so methods that do not use it (head only, full FT, Random, LoRA all) can run while
+            # ground truth of other tasks is still being collected; and the oracle needs this task's own.
+            need = {m.kind for m in methods}
+            selectors = (loto_selectors(model_name, task, out_dir, arch, normalization)
+                         if need & {"zest", "lora_zest", "single"} else {})
+            oracle = oracle_layers(model_name, task, 5) if "oracle" in need else None
             # Head-only first: its tuned head learning rate is every other method's head rate.
             order = sorted(methods, key=lambda m: m.kind != "head_only")
             plan = sum(len(budget["grids"][m.family]) + len(SEEDS) - 1 for m in order)

@@ -126,7 +126,8 @@ def loto_selectors(model: str, task: str, out_dir: Path, arch: str, normalizatio
     pred.save_pretrained(d)
     col, sign = best_single_metric(train, FEATURES)
     info = {"predictor": str(d), "single": f"metric:{'-' if sign < 0 else ''}{col}",
-            "trained_on": [m.key for m in train], "arch": arch, "normalization": normalization, "seed": 0}
+            "trained_on": [m.key for m in train], "arch": arch, "normalization": normalization,
+            "depth_bins": pred.depth_bins, "seed": 0}
     info_path.write_text(json.dumps(info, indent=1))
     return info
 

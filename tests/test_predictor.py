@@ -65,6 +65,49 @@ def test_features_are_normalised_within_model_task():
     assert np.allclose(fused[0, :3], 1 / 3) and fused[0, 3:7].sum() == 0
 
 
+def test_depth_bins_mark_where_a_layer_sits():
+    d = synthetic(0, n_blocks=6)  # depths 0, .2, .4, .6, .8, 1
+    f = layer_features(d.layers, d.values, [], "rank", prior=True, depth_bins=5)
+    assert f.shape == (42, 7 + 2 + 4)
+    bins = f[:, -4:]
+    depth = np.array([r["depth"] for r in d.layers])
+    # bin b holds [b/5, (b+1)/5); the last bin (0.8 and 1.0 here) has no indicator of its own
+    expect = np.minimum((depth * 5 + 1e-9).astype(int), 4)
+    assert np.array_equal(bins.argmax(1)[bins.sum(1) > 0], expect[expect < 4])
+    assert np.all(bins[expect == 4] == 0) and np.all(bins.sum(1) <= 1)
+    assert np.array_equal(layer_features(d.layers, d.values, [], "rank", prior=True, depth_bins=0), f[:, :-4])
+
+
+def test_a_prior_with_depth_bins_learns_a_middle_peak_a_linear_depth_cannot():
+    def peaked(seed):
+        d = synthetic(seed, n_blocks=6)
+        depth = np.array([r["depth"] for r in d.layers])
+        noise = 1e-3 * np.random.default_rng(seed).normal(size=len(depth))  # order within a block: random
+        return ModelTask(d.model, d.task, d.layers, d.values, -(depth - 0.5) ** 2 + noise)
+    train, test = [peaked(s) for s in range(3)], peaked(9)
+    pr = ProbeResult(layers=test.layers, values=test.values, metrics=["toy"])
+    tau = {b: kendalltau(train_predictor(train, [], arch="linear", depth_bins=b, steps=800).score(pr),
+                         test.scores).statistic for b in (0, 5)}
+    # within-block order is noise, so ~0.7 is what a perfect depth profile gets; a line in depth gets ~0
+    assert tau[5] > 0.6 and abs(tau[0]) < 0.2
+
+
+def test_a_predictor_without_depth_bins_in_its_config_loads_as_written_before_0_2(tmp_path):
+    p = train_predictor([synthetic(0)], ["snip"], arch="linear", depth_bins=0, steps=5)
+    p.save_pretrained(tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    del cfg["depth_bins"]
+    cfg["zest_hf_version"] = "0.1.0"
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    q = ZestPredictor.from_pretrained(tmp_path / "old")
+    assert q.depth_bins == 0 and q.n_features == 1 + 7 + 2
+    # one written by a newer minor release may use features this one lacks: refused, with what to do
+    cfg["zest_hf_version"] = "0.99.0"
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PredictorError, match="upgrade zest_hf"):
+        ZestPredictor.from_pretrained(tmp_path / "old")
+
+
 def test_save_and_load_round_trip_is_strict(tmp_path):
     p = train_predictor([synthetic(0)], ["snip", "plain"], steps=20)
     p.save_pretrained(tmp_path / "pred")

@@ -127,7 +127,7 @@ def loto_selectors(model: str, task: str, out_dir: Path, arch: str, normalizatio
     col, sign = best_single_metric(train, FEATURES)
     info = {"predictor": str(d), "single": f"metric:{'-' if sign < 0 else ''}{col}",
             "trained_on": [m.key for m in train], "arch": arch, "normalization": normalization,
-            "depth_bins": pred.depth_bins, "seed": 0}
+            "depth_knots": pred.depth_knots, "seed": 0}
     info_path.write_text(json.dumps(info, indent=1))
     return info
 

@@ -65,20 +65,23 @@ def test_features_are_normalised_within_model_task():
     assert np.allclose(fused[0, :3], 1 / 3) and fused[0, 3:7].sum() == 0
 
 
-def test_depth_bins_mark_where_a_layer_sits():
-    d = synthetic(0, n_blocks=6)  # depths 0, .2, .4, .6, .8, 1
-    f = layer_features(d.layers, d.values, [], "rank", prior=True, depth_bins=5)
-    assert f.shape == (42, 7 + 2 + 4)
-    bins = f[:, -4:]
+def test_depth_knots_give_a_piecewise_linear_depth_profile():
+    d = synthetic(0, n_blocks=9)  # depths 0, 1/8, ..., 1
+    f = layer_features(d.layers, d.values, [], "rank", prior=True, depth_knots=5)
+    assert f.shape == (63, 7 + 2 + 4)
+    tents = f[:, -4:]
     depth = np.array([r["depth"] for r in d.layers])
-    # bin b holds [b/5, (b+1)/5); the last bin (0.8 and 1.0 here) has no indicator of its own
-    expect = np.minimum((depth * 5 + 1e-9).astype(int), 4)
-    assert np.array_equal(bins.argmax(1)[bins.sum(1) > 0], expect[expect < 4])
-    assert np.all(bins[expect == 4] == 0) and np.all(bins.sum(1) <= 1)
-    assert np.array_equal(layer_features(d.layers, d.values, [], "rank", prior=True, depth_bins=0), f[:, :-4])
+    # knots at 0, .25, .5, .75 (the one at 1 is left out): 1 on its knot, 0.5 half-way to the next, 0 beyond
+    for k, knot in enumerate((0, 0.25, 0.5, 0.75)):
+        assert np.allclose(tents[depth == knot, k], 1.0)
+        assert np.allclose(tents[np.isclose(depth, knot + 0.125), k], 0.5)
+        assert np.all(tents[np.abs(depth - knot) >= 0.25, k] == 0)
+    # with the left-out tent at depth 1 they sum to 1 everywhere
+    assert np.allclose(tents.sum(1) + np.clip(1 - np.abs(depth - 1) * 4, 0, None), 1.0)
+    assert np.array_equal(layer_features(d.layers, d.values, [], "rank", prior=True, depth_knots=0), f[:, :-4])
 
 
-def test_a_prior_with_depth_bins_learns_a_middle_peak_a_linear_depth_cannot():
+def test_a_prior_with_depth_knots_learns_a_middle_peak_a_linear_depth_cannot():
     def peaked(seed):
         d = synthetic(seed, n_blocks=6)
         depth = np.array([r["depth"] for r in d.layers])
@@ -86,21 +89,21 @@ def test_a_prior_with_depth_bins_learns_a_middle_peak_a_linear_depth_cannot():
         return ModelTask(d.model, d.task, d.layers, d.values, -(depth - 0.5) ** 2 + noise)
     train, test = [peaked(s) for s in range(3)], peaked(9)
     pr = ProbeResult(layers=test.layers, values=test.values, metrics=["toy"])
-    tau = {b: kendalltau(train_predictor(train, [], arch="linear", depth_bins=b, steps=800).score(pr),
+    tau = {b: kendalltau(train_predictor(train, [], arch="linear", depth_knots=b, steps=800).score(pr),
                          test.scores).statistic for b in (0, 5)}
     # within-block order is noise, so ~0.7 is what a perfect depth profile gets; a line in depth gets ~0
     assert tau[5] > 0.6 and abs(tau[0]) < 0.2
 
 
-def test_a_predictor_without_depth_bins_in_its_config_loads_as_written_before_0_2(tmp_path):
-    p = train_predictor([synthetic(0)], ["snip"], arch="linear", depth_bins=0, steps=5)
+def test_a_predictor_without_depth_knots_in_its_config_loads_as_written_before_0_2(tmp_path):
+    p = train_predictor([synthetic(0)], ["snip"], arch="linear", depth_knots=0, steps=5)
     p.save_pretrained(tmp_path / "old")
     cfg = json.loads((tmp_path / "old" / "config.json").read_text())
-    del cfg["depth_bins"]
+    del cfg["depth_knots"]
     cfg["zest_hf_version"] = "0.1.0"
     (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
     q = ZestPredictor.from_pretrained(tmp_path / "old")
-    assert q.depth_bins == 0 and q.n_features == 1 + 7 + 2
+    assert q.depth_knots == 0 and q.n_features == 1 + 7 + 2
     # one written by a newer minor release may use features this one lacks: refused, with what to do
     cfg["zest_hf_version"] = "0.99.0"
     (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))

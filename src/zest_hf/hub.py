@@ -126,7 +126,7 @@ ranking = zest_hf.rank(model, batch, predictor="<this repo id or directory>")
 ```
 
 - Architecture: `{predictor.arch}`{f' (hidden {predictor.hidden})' if predictor.arch == 'mlp' else ' (one weight per feature)'}, features normalised per model-task by
-  `{predictor.normalization}`, data-free prior features: {predictor.prior}{f' (with {predictor.depth_bins} depth bins)' if predictor.depth_bins > 1 else ''}.
+  `{predictor.normalization}`, data-free prior features: {predictor.prior}{f' (with {predictor.depth_knots} depth knots)' if predictor.depth_knots > 1 else ''}.
 - Metric set (probe columns): {", ".join(predictor.metrics) or "none (data-free prior)"}.
 - Trained with RankNet's pairwise logistic loss on pairs of layers from the same model-task, seed
   {predictor.trained_on.get("seed")}, {predictor.trained_on.get("steps")} steps.

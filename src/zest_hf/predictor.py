@@ -7,9 +7,11 @@ Inputs, per layer (built by :func:`layer_features` from one :class:`~zest_hf.Pro
   ``sign(x) * log1p(|x| / median|x|)`` (a log so that sums over matrices of very different sizes stay comparable);
 * optionally the data-free description of the layer: canonical type as a 7-way one-hot (q, k, v, o, gate, up, down;
   a fused ``qkv`` spreads 1/3 over q, k, v and ``gate_up`` 1/2 over gate, up), relative depth, the layer's
-  log-size z-scored within the model, and (``depth_bins=B > 1``) B-1 indicators of which of B equal bins of
-  relative depth the layer is in. The indicators are there because contribution is not monotone in depth (on most
-  of our MiniLM tasks the middle blocks help most): a linear score of depth alone cannot say so.
+  log-size z-scored within the model, and (``depth_knots=K > 1``) a piecewise-linear profile of relative depth:
+  K-1 tent functions centred on the knots 0, 1/(K-1), ..., (K-2)/(K-1) (each 1 at its knot, falling linearly to 0 at
+  the neighbouring knots; the tent at depth 1 is left out, as it is their sum's complement). They are there because
+  contribution is not monotone in depth (on most of our MiniLM tasks the middle blocks help most), which a linear
+  score of depth alone cannot say, and tents rather than bins so that neighbouring blocks share weight smoothly.
 
 Architecture: ``arch="linear"`` (one linear map to a score) or ``arch="mlp"`` (two hidden layers of ``hidden``
 units, GELU). Loss (:func:`train_predictor`): RankNet's pairwise logistic loss ``softplus(-(s_i - s_j))`` over pairs
@@ -87,7 +89,7 @@ def _type_onehot(types: Sequence[str]) -> np.ndarray:
 
 
 def layer_features(layers: Sequence[dict], values: dict[str, Sequence[float]], metrics: Sequence[str],
-                   normalization: str, prior: bool, depth_bins: int = 0) -> np.ndarray:
+                   normalization: str, prior: bool, depth_knots: int = 0) -> np.ndarray:
     """The predictor's input matrix (layers x features) for one model-task."""
     cols = []
     for m in metrics:
@@ -102,10 +104,9 @@ def layer_features(layers: Sequence[dict], values: dict[str, Sequence[float]], m
         size = np.log(np.asarray([float(r["num_params"]) for r in layers]))
         size = (size - size.mean()) / (size.std() or 1.0)
         feats += [_type_onehot([r["type"] for r in layers]), depth, size[:, None]]
-        if depth_bins > 1:
-            # bin b holds depth in [b/B, (b+1)/B); the last bin (which also holds depth 1.0) is the reference
-            which = np.minimum((depth[:, 0] * depth_bins).astype(int), depth_bins - 1)
-            feats.append((which[:, None] == np.arange(depth_bins - 1)[None, :]).astype(float))
+        if depth_knots > 1:
+            knots = np.linspace(0.0, 1.0, depth_knots)[:-1]
+            feats.append(np.clip(1.0 - np.abs(depth - knots[None, :]) * (depth_knots - 1), 0.0, None))
     if not feats:
         raise PredictorError("a predictor needs metrics, the data-free prior, or both")
     return np.concatenate(feats, 1).astype(np.float32)
@@ -127,10 +128,8 @@ class ZestPredictor(
         arch: ``"linear"`` or ``"mlp"``.
         hidden: Hidden units per layer of the MLP.
         prior: Whether the data-free features (type, depth, size) are inputs too.
-        depth_bins: With ``prior``, also one indicator per bin of relative depth but the last (``0`` or ``1``: none,
+        depth_knots: With ``prior``, also a piecewise-linear depth profile on this many knots (``0`` or ``1``: none,
             the layout of predictors written before zest_hf 0.2; :func:`train_predictor` uses 5).
-        zest_hf_version: The zest_hf version that wrote it (checked on load: a newer major refuses).
-        trained_on: Free-form provenance (model-tasks, seeds); shown in the card.
 
     Example::
 
@@ -140,7 +139,7 @@ class ZestPredictor(
 
     def __init__(self, metrics: list[str], normalization: str = "rank", arch: str = "mlp", hidden: int = 32,
                  prior: bool = True, zest_hf_version: str = __version__, trained_on: dict | None = None,
-                 depth_bins: int = 0):
+                 depth_knots: int = 0):
         super().__init__()
         if not isinstance(metrics, (list, tuple)) or not all(isinstance(m, str) for m in metrics):
             raise PredictorError(f"config 'metrics' must be a list of column names, got {metrics!r}")
@@ -151,7 +150,7 @@ class ZestPredictor(
         if not isinstance(hidden, int) or hidden < 1:
             raise PredictorError(f"config 'hidden' must be a positive integer, got {hidden!r}")
         if _release(zest_hf_version) > _release(__version__):
-            # a newer zest_hf may have added features (e.g. depth_bins in 0.2): refuse rather than mis-score
+            # a newer zest_hf may have added features (e.g. depth_knots in 0.2): refuse rather than mis-score
             raise PredictorError(f"this predictor was written by zest_hf {zest_hf_version}; installed {__version__}: "
                                  "upgrade zest_hf (pip install -U zest_hf)")
         self.metrics = list(metrics)
@@ -159,12 +158,12 @@ class ZestPredictor(
         self.arch = arch
         self.hidden = hidden
         self.prior = bool(prior)
-        if not isinstance(depth_bins, int) or depth_bins < 0:
-            raise PredictorError(f"config 'depth_bins' must be a non-negative integer, got {depth_bins!r}")
-        self.depth_bins = depth_bins if self.prior else 0
+        if not isinstance(depth_knots, int) or depth_knots < 0:
+            raise PredictorError(f"config 'depth_knots' must be a non-negative integer, got {depth_knots!r}")
+        self.depth_knots = depth_knots if self.prior else 0
         self.zest_hf_version = zest_hf_version
         self.trained_on = trained_on or {}
-        n_in = len(self.metrics) + (len(TYPE_SLOTS) + 2 + max(self.depth_bins - 1, 0) if self.prior else 0)
+        n_in = len(self.metrics) + (len(TYPE_SLOTS) + 2 + max(self.depth_knots - 1, 0) if self.prior else 0)
         if n_in == 0:
             raise PredictorError("a predictor needs metrics, the data-free prior, or both")
         self.n_features = n_in
@@ -191,7 +190,7 @@ class ZestPredictor(
         """Feature matrix of a :class:`~zest_hf.ProbeResult` (or anything with ``layers`` and ``values``)."""
         self.check_compatible(list(result.values))
         return layer_features(result.layers, result.values, self.metrics, self.normalization, self.prior,
-                              self.depth_bins)
+                              self.depth_knots)
 
     @torch.no_grad()
     def score(self, result) -> np.ndarray:
@@ -262,7 +261,7 @@ def train_predictor(
     arch: str = "mlp",
     hidden: int = 32,
     prior: bool = True,
-    depth_bins: int = 5,
+    depth_knots: int = 5,
     steps: int = 1500,
     batch_pairs: int = 256,
     lr: float = 3e-3,
@@ -276,10 +275,10 @@ def train_predictor(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = ZestPredictor(list(metrics), normalization=normalization, arch=arch, hidden=hidden, prior=prior,
-                          depth_bins=depth_bins,
+                          depth_knots=depth_knots,
                           trained_on={"model_tasks": [d.key for d in data], "seed": seed, "steps": steps})
     feats = [torch.from_numpy(layer_features(d.layers, d.values, model.metrics, normalization, prior,
-                                             model.depth_bins)) for d in data]
+                                             model.depth_knots)) for d in data]
     pairs = []
     for d in data:
         s = d.scores

@@ -156,7 +156,7 @@ def _cmd_train_predictor(args) -> int:
         data = [d for d in data if d.model == args.model_filter]
     metrics = [] if args.prior_only else (args.metrics.split(",") if args.metrics else FEATURES)
     pred = train_predictor(data, metrics, arch=args.arch, normalization=args.normalization, steps=args.steps,
-                           seed=args.seed)
+                           depth_knots=args.depth_knots, seed=args.seed)
     pred.save_pretrained(args.out)
     held = Path(args.held_out).read_text() if args.held_out and Path(args.held_out).exists() else ""
     write_card(args.out, pred, held_out=held)
@@ -262,8 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-predictor", help="fit a ZEST predictor on predictors/data and save it (Hub layout)")
     p.add_argument("--data", default="predictors/data")
     p.add_argument("--out", required=True)
-    p.add_argument("--arch", default="mlp", choices=["linear", "mlp"])
-    p.add_argument("--normalization", default="rank", choices=["rank", "zscore"])
+    # defaults: the variant that won on held-out model-tasks (results/predictor_eval.md), the bundled one's
+    p.add_argument("--arch", default="linear", choices=["linear", "mlp"])
+    p.add_argument("--normalization", default="zscore", choices=["rank", "zscore"])
+    p.add_argument("--depth-knots", type=int, default=5,
+                   help="knots of the prior's piecewise-linear depth profile (0: depth enters linearly only)")
     p.add_argument("--metrics", default=None, help="comma list of probe columns (default: every default column)")
     p.add_argument("--prior-only", action="store_true", help="data-free prior: type, depth, size only")
     p.add_argument("--model-filter", default=None, help="train on this model's data only")

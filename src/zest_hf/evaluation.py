@@ -57,8 +57,8 @@ def load_model_tasks(data_dir: str | Path, min_layers: int = 10, separating_only
 
     ``separating_only``: leave out model-tasks whose best layers do not beat head-only beyond seed noise
     (:func:`zest_hf.study.head_only_gaps`): their layer order is noise, which would teach a predictor nothing and
-    judge it against chance. Collections still in progress (no head-only line yet) are left out
-    (:func:`zest_hf.study.load_ground_truth`), so a partial collection never trains or judges a predictor.
+    judge it against chance. Unfinished collections (:func:`zest_hf.study.collection_status`) are left out by
+    :func:`zest_hf.study.load_ground_truth`, so a partial collection never trains or judges a predictor.
     """
     from .study import head_only_gaps
 

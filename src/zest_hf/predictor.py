@@ -128,6 +128,9 @@ class ZestPredictor(
         arch: ``"linear"`` or ``"mlp"``.
         hidden: Hidden units per layer of the MLP.
         prior: Whether the data-free features (type, depth, size) are inputs too.
+        zest_hf_version: The zest_hf version that wrote it (checked on load: one written by a newer minor or major
+            release is refused, as it may use features this one lacks).
+        trained_on: Free-form provenance (model-tasks, seeds); shown in the card.
         depth_knots: With ``prior``, also a piecewise-linear depth profile on this many knots (``0`` or ``1``: none,
             the layout of predictors written before zest_hf 0.2; :func:`train_predictor` uses 5).
 

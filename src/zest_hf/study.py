@@ -19,8 +19,8 @@ from scipy.stats import kendalltau
 from .contrib import HEAD_ONLY, read_jsonl, task_slug
 from .probe import ProbeResult
 
-__all__ = ["load_ground_truth", "collection_status", "load_probe", "single_metric_taus", "noise_ceilings", "seed_noise", "head_only_gaps",
-           "run_study"]
+__all__ = ["load_ground_truth", "collection_status", "load_probe", "single_metric_taus", "noise_ceilings",
+           "seed_noise", "head_only_gaps", "run_study"]
 
 
 def load_ground_truth(data_dir: str | Path, complete_only: bool = True) -> pd.DataFrame:
@@ -44,10 +44,13 @@ def load_ground_truth(data_dir: str | Path, complete_only: bool = True) -> pd.Da
 
 
 def _status(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`collection_status` of lines already loaded."""
     rows = []
     for (model, task, seed), g in df.groupby(["model", "task", "seed"]):
-        rows.append({"model": model, "task": task, "seed": int(seed), "layers": int(g.loc[g["layer"] != HEAD_ONLY, "layer"].nunique()),
-                     "has_head_only": bool((g["layer"] == HEAD_ONLY).any()), "wall_h": g["wall_s"].sum() / 3600})
+        rows.append({"model": model, "task": task, "seed": int(seed),
+                     "layers": int(g.loc[g["layer"] != HEAD_ONLY, "layer"].nunique()),
+                     "has_head_only": bool((g["layer"] == HEAD_ONLY).any()),
+                     "wall_h": g["wall_s"].sum() / 3600 if "wall_s" in g else float("nan")})
     out = pd.DataFrame(rows)
     full = out[out["has_head_only"]].groupby("model")["layers"].max()
     out["complete"] = [bool(r.has_head_only and r.layers >= full.get(r.model, 0)) for r in out.itertuples()]

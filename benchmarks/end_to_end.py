@@ -117,7 +117,9 @@ def loto_selectors(model: str, task: str, out_dir: Path, arch: str, normalizatio
     d = selectors_dir(out_dir, task)
     info_path = d / "selection_info.json"
     if info_path.exists():
-        return json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text())
+        info["predictor"] = str(d)  # where it is in this checkout (the file may hold another machine's path)
+        return info
     data = load_model_tasks(ROOT / "predictors" / "data")
     train = [m for m in data if m.task != task]
     if not train:
@@ -379,8 +381,8 @@ def select_worker(model_name: str, method_name: str, out_dir: Path) -> dict:
     import zest_hf
 
     model, batch = _cost_batch(model_name)
-    selectors = json.loads((selectors_dir(out_dir, budget_of(model_name)["tasks"][0])
-                            / "selection_info.json").read_text())
+    d = selectors_dir(out_dir, budget_of(model_name)["tasks"][0])
+    selectors = {**json.loads((d / "selection_info.json").read_text()), "predictor": str(d)}
     cfg = zest_config(BY_NAME[method_name], model, selectors, None, 0)
     return {"config": zest_hf.select(model, batch, cfg).to_json()}
 
@@ -554,7 +556,8 @@ def main() -> int:
     ap.add_argument("--phase", default="all", choices=["all", "accuracy", "cost", "report"])
     ap.add_argument("--out-dir", default=str(HERE / "results" / "end_to_end"))
     ap.add_argument("--predictor-arch", default="linear", choices=["linear", "mlp"])
-    ap.add_argument("--predictor-normalization", default="zscore", choices=["rank", "zscore"])
+    ap.add_argument("--predictor-normalization", default="rank", choices=["rank", "zscore"],
+                    help="rank: the bundled predictor's variant since zest_hf 0.2 (MiniLM's runs used zscore, 0.1)")
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per method in the cost phase")
     ap.add_argument("--steps", type=int, default=None, help="override every model's step budget (quick looks)")
     ap.add_argument("--tasks", default=None, help="override every model's tasks (comma list)")

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     # defaults: the variant that won on held-out model-tasks (results/predictor_eval.md), the bundled one's
     p.add_argument("--arch", default="linear", choices=["linear", "mlp"])
-    p.add_argument("--normalization", default="zscore", choices=["rank", "zscore"])
+    p.add_argument("--normalization", default="rank", choices=["rank", "zscore"])
     p.add_argument("--depth-knots", type=int, default=5,
                    help="knots of the prior's piecewise-linear depth profile (0: depth enters linearly only)")
     p.add_argument("--metrics", default=None, help="comma list of probe columns (default: every default column)")

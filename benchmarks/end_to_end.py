@@ -568,6 +568,9 @@ def main() -> int:
     args = ap.parse_args()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # config.json records the benchmark's design; the overrides below are for quick looks and partial invocations
+    # (every run line records its own budget), so they must not rewrite it
+    design = json.loads(json.dumps(BUDGETS))
     for b in BUDGETS.values():
         if args.steps:
             b["steps"] = args.steps
@@ -585,7 +588,7 @@ def main() -> int:
         return 0
     models = args.models.split(",")
     methods = [BY_NAME[n] for n in args.methods.split(",")] if args.methods else METHODS
-    (out_dir / "config.json").write_text(json.dumps({"budgets": BUDGETS, "methods": [asdict(m) for m in METHODS],
+    (out_dir / "config.json").write_text(json.dumps({"budgets": design, "methods": [asdict(m) for m in METHODS],
                                                      "seeds": SEEDS}, indent=1))
     if args.phase in ("all", "accuracy"):
         accuracy_phase(models, methods, out_dir, args.predictor_arch, args.predictor_normalization)

@@ -1,0 +1,80 @@
+"""benchmarks/end_to_end.py's accuracy phase: the plan it walks (head-only first, its tuned head rate handed to every
+other method, grid on the first seed then the best rate on the others), resumption from runs.jsonl, and that the
+frozen leave-one-task-out predictor and the oracle are only built when a method of the invocation needs them.
+Training itself is replaced by a stand-in: what is tested is the bookkeeping around it."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _bench():
+    sys.path.insert(0, str(BENCH))  # the script imports its sibling ``measure``
+    spec = importlib.util.spec_from_file_location("bench_end_to_end", BENCH / "end_to_end.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    mod = _bench()
+    mod.BUDGETS["toy"] = dict(steps=4, batch_size=2, max_length=8, val_examples=4, test_examples=4, curve_points=2,
+                              tasks=["t"], grids={"head": [1e-3, 1e-2], "full": [1e-5, 1e-4], "sparse": [1e-4, 1e-3],
+                                                  "lora": [1e-3, 3e-3]})
+    calls = []
+
+    def fake_run(model_name, task, method, lr, head_lr, seed, budget, selectors, oracle):
+        calls.append((method.name, lr, head_lr, seed, bool(selectors), oracle))
+        # validation accuracy peaks at the larger rate of each grid, so that is the one the other seeds reuse
+        val = lr * 100
+        return {"val_acc": val, "test_acc": val, "curve": [(budget["steps"], val)], "train_s": 0.0, "trainable": 1,
+                "trainable_wo_head": 0, "total_params": 2, "selected": None, "predictor": None}
+
+    monkeypatch.setattr(mod, "run_one", fake_run)
+    mod.calls = calls
+    return mod
+
+
+def test_predictor_free_methods_never_build_the_predictor_or_the_oracle(bench, tmp_path, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("built although no method of this invocation needs it")
+
+    monkeypatch.setattr(bench, "loto_selectors", refuse)
+    monkeypatch.setattr(bench, "oracle_layers", refuse)
+    methods = [bench.BY_NAME[n] for n in ("full FT", "head only", "Random@5")]
+    bench.accuracy_phase(["toy"], methods, tmp_path, "linear", "rank")
+    names = [c[0] for c in bench.calls]
+    assert names[:2] == ["head only", "head only"]  # head-only first, whatever order it was given in
+    head_lr = max(bench.BUDGETS["toy"]["grids"]["head"])  # the fake's best
+    # grid (2 rates, seed 0) + the best rate on seeds 1 and 2, per method; every later method gets head-only's rate
+    assert len(bench.calls) == 3 * 4
+    for name, lr, hl, seed, _, _ in bench.calls:
+        if name != "head only":
+            assert hl == head_lr
+    full = [(lr, seed) for name, lr, _, seed, _, _ in bench.calls if name == "full FT"]
+    assert full == [(1e-5, 0), (1e-4, 0), (1e-4, 1), (1e-4, 2)]
+
+
+def test_a_rerun_resumes_from_runs_jsonl_and_a_needed_oracle_is_built(bench, tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(bench, "oracle_layers", lambda model, task, k: built.append(task) or ["a", "b"])
+    monkeypatch.setattr(bench, "loto_selectors", lambda *a, **k: pytest.fail("the oracle needs no predictor"))
+    methods = [bench.BY_NAME["head only"], bench.BY_NAME["oracle@5"]]
+    bench.accuracy_phase(["toy"], methods, tmp_path, "linear", "rank")
+    assert built == ["t"] and all(c[5] == ["a", "b"] for c in bench.calls if c[0] == "oracle@5")
+    rows = [json.loads(l) for l in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    bench.calls.clear()
+    bench.accuracy_phase(["toy"], methods, tmp_path, "linear", "rank")
+    assert bench.calls == []  # every run is there: nothing trains again
+    # one run lost (a kill mid-way): only it runs again
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
+    bench.accuracy_phase(["toy"], methods, tmp_path, "linear", "rank")
+    assert [(c[0], c[3]) for c in bench.calls] == [(rows[-1]["method"], rows[-1]["seed"])]

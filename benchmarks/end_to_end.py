@@ -60,9 +60,11 @@ BUDGETS = {
                    tasks=["bigbench:multiemo/all_sentence_en", "bigbench:fact_checker/fever", "bbc_news"],
                    grids={"head": [3e-3, 1e-2], "full": [3e-5, 1e-4], "sparse": [3e-4, 1e-3], "lora": [1e-3, 3e-3]}),
     "smollm2": dict(steps=40, batch_size=8, max_length=64, val_examples=128, test_examples=300, curve_points=2,
-                    # the SmolLM2 tasks whose one-layer runs beat head-only (predictors/data/README.md); on fever
-                    # and multiemo nothing but the head learns at this budget
-                    tasks=["bigbench:cs_algorithms/valid_parentheses", "twitter_sentiment"],
+                    # SmolLM2 tasks whose ground truth separates (predictors/data/README.md): valid_parentheses with
+                    # a classification head, goal_step_wikihow as a decoder does multiple choice (the layers alone
+                    # train on the gold answer's LM loss; accuracy by log-likelihood; "head only" = untrained).
+                    # On fever and multiemo nothing but the head learns; twitter's first layers did not beat its head.
+                    tasks=["bigbench:cs_algorithms/valid_parentheses", "bigbench:goal_step_wikihow/step_inference"],
                     grids={"head": [3e-3, 1e-2], "full": [1e-5, 3e-5], "sparse": [1e-4, 3e-4], "lora": [1e-3, 3e-3]}),
 }
 SEEDS = [0, 1, 2]
@@ -208,7 +210,7 @@ def optimizer_groups(model, head: list[str], lr: float, head_lr: float) -> list[
     for n, p in model.named_parameters():
         if p.requires_grad:
             (head_params if any(f".{h}." in f".{n}" for h in head) else own).append(p)
-    groups = [{"params": head_params, "lr": head_lr}]
+    groups = [{"params": head_params, "lr": head_lr}] if head_params else []
     if own:
         groups.append({"params": own, "lr": lr})
     return groups
@@ -226,11 +228,24 @@ def run_one(model_name: str, task_name: str, method: Method, lr: float, head_lr:
     from zest_hf.tasks import collator_for, load_task, prepare_tokenizer
 
     task = load_task(task_name)
+    kind = head_kind(model_name, task)
     transformers.set_seed(seed)  # the head's initialisation
-    model, tok = load_model(model_name, "seq_cls", num_labels=task.num_labels)
+    model, tok = load_model(model_name, kind, num_labels=task.num_labels if kind == "seq_cls" else None)
     prepare_tokenizer(tok, model)
-    head = find_head(model)
-    train, val, test = _data(model_name, task, tok, budget)
+    # a decoder on multiple choice has no new head: the method's layers alone train on the gold answer's LM loss
+    head = find_head(model) if kind == "seq_cls" else []
+    train, val, test = _data(model_name, task, tok, budget, kind)
+    if kind == "causal_lm" and method.kind == "head_only":
+        # nothing to train: the untrained model, scored as the ground truth's baseline is (log-likelihood); the
+        # same for every seed and rate, so scored once per process
+        key = (model_name, task.name, json.dumps(budget, sort_keys=True))
+        if key not in _UNTRAINED:
+            _UNTRAINED[key] = {n: _choice_accuracy(model, tok, d, budget) for n, d in (("val", val), ("test", test))}
+        acc = _UNTRAINED[key]
+        total = sum(p.numel() for p in model.parameters())
+        return {"val_acc": acc["val"], "test_acc": acc["test"], "curve": [(budget["steps"], acc["val"])],
+                "train_s": 0.0, "trainable": 0, "trainable_wo_head": 0, "total_params": total, "selected": None,
+                "predictor": None}
 
     class TwoRateTrainer(transformers.Trainer):
         """The stock Trainer, with the new head at its own learning rate (the same for every method)."""
@@ -246,47 +261,103 @@ def run_one(model_name: str, task_name: str, method: Method, lr: float, head_lr:
         return {"accuracy": float((logits.argmax(-1) == p.label_ids).mean())}
 
     every = max(1, budget["steps"] // budget["curve_points"])
+    loglik = kind == "causal_lm"
     args = transformers.TrainingArguments(
         output_dir=str(Path("/tmp") / "zest_e2e"), max_steps=budget["steps"],
         per_device_train_batch_size=budget["batch_size"], per_device_eval_batch_size=64, learning_rate=lr,
         weight_decay=0.0, warmup_steps=0, lr_scheduler_type="linear", seed=seed, data_seed=seed,
-        eval_strategy="steps", eval_steps=every, save_strategy="no", logging_strategy="no", report_to="none",
-        disable_tqdm=True, dataloader_num_workers=0)
-    trainer_kwargs = dict(args=args, train_dataset=train, eval_dataset=val, data_collator=collator_for("seq_cls", tok),
-                          compute_metrics=accuracy)
+        eval_strategy="no" if loglik else "steps", eval_steps=every, save_strategy="no", logging_strategy="no",
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0)
+    trainer_kwargs = dict(args=args, train_dataset=train, data_collator=collator_for(kind, tok))
+    if not loglik:
+        trainer_kwargs.update(eval_dataset=val, compute_metrics=accuracy)
     cfg = None
     if method.kind not in ZEST_KINDS:
         model, _ = build(method, model, selectors, oracle, seed)
     trainer = TwoRateTrainer(model=model, **trainer_kwargs)
     trainer.remove_callback(transformers.PrinterCallback)  # the curve is read from log_history; keep stdout quiet
+    curve = []
+    if loglik:  # the Trainer's evaluate cannot score choices: the curve points come from this callback
+        trainer.add_callback(_ChoiceCurve(lambda: _choice_accuracy(trainer.model, tok, val, budget), every, curve))
     if method.kind in ZEST_KINDS:
         _, cfg = build(method, model, selectors, oracle, seed, trainer=trainer)
     t0 = time.perf_counter()
     trainer.train()
-    wall = time.perf_counter() - t0
-    curve = [(h["step"], h["eval_accuracy"]) for h in trainer.state.log_history if "eval_accuracy" in h]
-    if not curve or curve[-1][0] != budget["steps"]:
-        curve.append((budget["steps"], trainer.evaluate()["eval_accuracy"]))
-    test_acc = trainer.evaluate(test, metric_key_prefix="test")["test_accuracy"]
+    wall = time.perf_counter() - t0 - sum(c[2] for c in curve)  # training time, without the curve's scoring
+    if loglik:
+        curve = [(step, acc) for step, acc, _ in curve]
+        if not curve or curve[-1][0] != budget["steps"]:
+            curve.append((budget["steps"], _choice_accuracy(trainer.model, tok, val, budget)))
+        test_acc = _choice_accuracy(trainer.model, tok, test, budget)
+    else:
+        curve = [(h["step"], h["eval_accuracy"]) for h in trainer.state.log_history if "eval_accuracy" in h]
+        if not curve or curve[-1][0] != budget["steps"]:
+            curve.append((budget["steps"], trainer.evaluate()["eval_accuracy"]))
+        test_acc = trainer.evaluate(test, metric_key_prefix="test")["test_accuracy"]
     total = sum(p.numel() for p in trainer.model.parameters())
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    head_params = sum(p.numel() for g in optimizer_groups(trainer.model, head, lr, head_lr)[:1] for p in g["params"])
+    head_params = sum(p.numel() for n, p in trainer.model.named_parameters()
+                      if p.requires_grad and any(f".{h}." in f".{n}" for h in head))
     return {"val_acc": curve[-1][1], "test_acc": test_acc, "curve": curve, "train_s": wall,
             "trainable": trainable, "trainable_wo_head": trainable - head_params, "total_params": total,
             "selected": cfg.selected_modules if cfg is not None else None,
             "predictor": cfg.selection_info.get("predictor") if cfg is not None and cfg.selection_info else None}
 
 
+def head_kind(model_name: str, task) -> str:
+    """``seq_cls`` for a classification task; for multiple choice, a decoder's own LM head scored by log-likelihood
+    (``causal_lm``, the ground truth's protocol for decoders). An encoder's multiple-choice head is not benchmarked."""
+    from zest_hf.workflow import choose_head
+
+    kind = choose_head(model_name, task.kind)
+    if kind not in ("seq_cls", "causal_lm"):
+        raise SystemExit(f"{task.name} is multiple choice and {model_name} is an encoder: end_to_end benchmarks "
+                         "classification tasks, and multiple choice on decoders only")
+    return kind
+
+
+def _choice_accuracy(model, tok, split, budget: dict) -> float:
+    """Log-likelihood choice accuracy (zest_hf.tasks.score_choices' rule), the model left in the mode it was in."""
+    from zest_hf.tasks import score_choices
+
+    was_training = model.training
+    try:
+        return float(score_choices(model, tok, split, max_length=budget["max_length"], batch_size=64)["accuracy"])
+    finally:
+        model.train(was_training)
+
+
+class _ChoiceCurve:
+    """A TrainerCallback that scores the validation choices every ``every`` steps into ``curve`` as
+    ``(step, accuracy, seconds spent scoring)``. (Subclassed from TrainerCallback on first use, so that importing
+    this script does not import transformers.)"""
+
+    def __new__(cls, score, every: int, curve: list):
+        import transformers
+
+        class ChoiceCurve(transformers.TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step % every == 0:
+                    t0 = time.perf_counter()
+                    acc = score()
+                    curve.append((state.global_step, acc, time.perf_counter() - t0))
+
+        return ChoiceCurve()
+
+
 _DATA: dict = {}
+_UNTRAINED: dict = {}
 
 
-def _data(model_name: str, task, tok, budget: dict):
-    """Tokenised train / validation / test subsets, once per process. Training uses a fixed subset of twice the
-    examples the budget reads (the same for every method and seed; each seed shuffles it its own way), so that
-    a run does not spend longer tokenising a 40k-example split than training."""
+def _data(model_name: str, task, tok, budget: dict, kind: str = "seq_cls"):
+    """Train / validation / test subsets, once per process: tokenised for ``seq_cls``; for ``causal_lm`` the
+    training split is tokenised (prompt + gold answer, loss on the answer) and validation / test stay raw
+    (``score_choices`` scores every choice). Training uses a fixed subset of twice the examples the budget reads
+    (the same for every method and seed; each seed shuffles it its own way), so that a run does not spend longer
+    tokenising a 40k-example split than training."""
     from zest_hf.tasks import tokenize_split
 
-    key = (model_name, task.name, budget["max_length"], budget["steps"], budget["batch_size"],
+    key = (model_name, task.name, kind, budget["max_length"], budget["steps"], budget["batch_size"],
            budget["val_examples"], budget["test_examples"])
     if key not in _DATA:
         L = budget["max_length"]
@@ -295,7 +366,10 @@ def _data(model_name: str, task, tok, budget: dict):
         tr = tr.select(np.sort(np.random.default_rng(0).permutation(len(tr))[:n]))
         parts = [tr] + [task.splits[s].select(range(min(budget[f"{k}_examples"], len(task.splits[s]))))
                         for s, k in (("validation", "val"), ("test", "test"))]
-        _DATA[key] = [tokenize_split(p, tok, model_kind="seq_cls", max_length=L) for p in parts]
+        if kind == "causal_lm":
+            _DATA[key] = [tokenize_split(parts[0], tok, model_kind=kind, max_length=L)] + parts[1:]
+        else:
+            _DATA[key] = [tokenize_split(p, tok, model_kind=kind, max_length=L) for p in parts]
     return _DATA[key]
 
 

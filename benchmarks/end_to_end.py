@@ -204,12 +204,16 @@ def build(method: Method, model, selectors: dict, oracle, seed: int, trainer=Non
     return peft.get_peft_model(model, target), cfg
 
 
+def _in_head(name: str, head: list[str]) -> bool:
+    return any(f".{h}." in f".{name}" for h in head)
+
+
 def optimizer_groups(model, head: list[str], lr: float, head_lr: float) -> list[dict]:
     """Two AdamW groups: the method's own trainable weights at ``lr``, the (new) task head at ``head_lr``."""
     own, head_params = [], []
     for n, p in model.named_parameters():
         if p.requires_grad:
-            (head_params if any(f".{h}." in f".{n}" for h in head) else own).append(p)
+            (head_params if _in_head(n, head) else own).append(p)
     groups = [{"params": head_params, "lr": head_lr}] if head_params else []
     if own:
         groups.append({"params": own, "lr": lr})
@@ -278,7 +282,7 @@ def run_one(model_name: str, task_name: str, method: Method, lr: float, head_lr:
     trainer.remove_callback(transformers.PrinterCallback)  # the curve is read from log_history; keep stdout quiet
     curve = []
     if loglik:  # the Trainer's evaluate cannot score choices: the curve points come from this callback
-        trainer.add_callback(_ChoiceCurve(lambda: _choice_accuracy(trainer.model, tok, val, budget), every, curve))
+        trainer.add_callback(_choice_curve(lambda: _choice_accuracy(trainer.model, tok, val, budget), every, curve))
     if method.kind in ZEST_KINDS:
         _, cfg = build(method, model, selectors, oracle, seed, trainer=trainer)
     t0 = time.perf_counter()
@@ -296,8 +300,7 @@ def run_one(model_name: str, task_name: str, method: Method, lr: float, head_lr:
         test_acc = trainer.evaluate(test, metric_key_prefix="test")["test_accuracy"]
     total = sum(p.numel() for p in trainer.model.parameters())
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    head_params = sum(p.numel() for n, p in trainer.model.named_parameters()
-                      if p.requires_grad and any(f".{h}." in f".{n}" for h in head))
+    head_params = sum(p.numel() for n, p in trainer.model.named_parameters() if p.requires_grad and _in_head(n, head))
     return {"val_acc": curve[-1][1], "test_acc": test_acc, "curve": curve, "train_s": wall,
             "trainable": trainable, "trainable_wo_head": trainable - head_params, "total_params": total,
             "selected": cfg.selected_modules if cfg is not None else None,
@@ -327,22 +330,19 @@ def _choice_accuracy(model, tok, split, budget: dict) -> float:
         model.train(was_training)
 
 
-class _ChoiceCurve:
+def _choice_curve(score, every: int, curve: list):
     """A TrainerCallback that scores the validation choices every ``every`` steps into ``curve`` as
-    ``(step, accuracy, seconds spent scoring)``. (Subclassed from TrainerCallback on first use, so that importing
-    this script does not import transformers.)"""
+    ``(step, accuracy, seconds spent scoring)``."""
+    import transformers
 
-    def __new__(cls, score, every: int, curve: list):
-        import transformers
+    class ChoiceCurve(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % every == 0:
+                t0 = time.perf_counter()
+                acc = score()
+                curve.append((state.global_step, acc, time.perf_counter() - t0))
 
-        class ChoiceCurve(transformers.TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step % every == 0:
-                    t0 = time.perf_counter()
-                    acc = score()
-                    curve.append((state.global_step, acc, time.perf_counter() - t0))
-
-        return ChoiceCurve()
+    return ChoiceCurve()
 
 
 _DATA: dict = {}

@@ -107,10 +107,9 @@ def test_a_collection_in_progress_is_left_out_until_its_head_only_line(tmp_path)
     (d,) = load_model_tasks(tmp_path)
     np.testing.assert_allclose(d.scores, s0)
     # a model-task whose only seed is partial is not there at all
-    path.rename(tmp_path / "contrib" / "toy" / "other.seed1.jsonl")
-    with (tmp_path / "contrib" / "toy" / "other.seed1.jsonl").open("r+") as fh:
-        text = fh.read().replace('"task": "task"', '"task": "other"')
-        fh.seek(0), fh.write(text), fh.truncate()
+    (tmp_path / "contrib" / "toy" / "other.seed1.jsonl").write_text(path.read_text().replace('"task": "task"',
+                                                                                         '"task": "other"'))
+    path.unlink()
     probes = tmp_path / "probes" / "toy"
     (probes / "other.json").write_text((probes / "task.json").read_text())  # it has a probe: only partiality drops it
     assert {m.task for m in load_model_tasks(tmp_path)} == {"task"}

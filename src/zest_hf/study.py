@@ -36,11 +36,13 @@ def load_ground_truth(data_dir: str | Path, complete_only: bool = True) -> pd.Da
     if not rows:
         raise FileNotFoundError(f"no ground truth under {Path(data_dir, 'contrib')}; run `zest contrib` first")
     df = pd.DataFrame(rows)
-    if complete_only:
-        status = _status(df)
-        done = status[status["complete"]][["model", "task", "seed"]]
-        df = df.merge(done, on=["model", "task", "seed"], how="inner")
-    return df
+    return _complete(df, _status(df)) if complete_only else df
+
+
+def _complete(df: pd.DataFrame, status: pd.DataFrame) -> pd.DataFrame:
+    """The lines of ``df`` that belong to complete collections of ``status``."""
+    done = status[status["complete"]][["model", "task", "seed"]]
+    return df.merge(done, on=["model", "task", "seed"], how="inner")
 
 
 def _status(df: pd.DataFrame) -> pd.DataFrame:
@@ -166,7 +168,9 @@ def run_study(data_dir: str | Path, out_dir: str | Path) -> dict:
     """Write ``single_metric_taus.md`` / ``.csv`` / ``.png`` into ``out_dir``; return the tables."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gt = load_ground_truth(data_dir)
+    raw = load_ground_truth(data_dir, complete_only=False)  # read once: the tables and the in-progress list
+    status = _status(raw)
+    gt = _complete(raw, status)
     taus = single_metric_taus(gt, data_dir)
     ceil = noise_ceilings(gt)
     gaps = head_only_gaps(gt)
@@ -183,7 +187,6 @@ def run_study(data_dir: str | Path, out_dir: str | Path) -> dict:
     lines += ["## Noise ceiling: seed-to-seed tau of the ground truth", "",
               ceil.round(3).to_markdown(index=False) if not ceil.empty else "(needs two seeds of a model-task)", "",
               "## Does fine-tuning one layer beat head-only?", "", gaps.round(3).to_markdown(index=False), ""]
-    status = collection_status(data_dir)
     partial = status[~status["complete"]]
     if not partial.empty:
         lines += ["## Still being collected (left out of every table above)", "",

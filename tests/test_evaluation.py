@@ -7,7 +7,7 @@ import numpy as np
 from test_predictor import synthetic
 from zest_hf import ProbeResult
 from zest_hf.contrib import HEAD_ONLY
-from zest_hf.evaluation import FEATURES, Variant, load_model_tasks, run_evaluation
+from zest_hf.evaluation import FEATURES, Variant, load_model_tasks, run_evaluation, run_learning_curve
 
 
 def _write_model_task(root, model, task, seed):
@@ -47,4 +47,23 @@ def test_evaluation_protocols_and_baselines(tmp_path):
     single = df[df.method == "best single metric"]
     assert set(single["choice"]) <= {"+snip", "-plain"}  # chosen on training model-tasks, sign included
     for f in ("predictor_eval.md", "predictor_eval.csv", "predictor_eval.png"):
+        assert (tmp_path / "out" / f).stat().st_size > 0
+
+
+def test_learning_curve_never_trains_on_its_held_out_task(tmp_path):
+    tasks = [("a", "t1"), ("a", "t2"), ("a", "t3"), ("a", "t4"), ("b", "t1"), ("b", "t2")]
+    for i, (m, t) in enumerate(tasks):
+        _write_model_task(tmp_path, m, t, seed=i)
+    df = run_learning_curve(tmp_path, tmp_path / "out", variant=Variant("linear", "zscore", steps=400), draws=2,
+                            progress=False)
+    assert set(df["model"]) == {"a"}  # model b has two model-tasks: no curve to draw
+    for r in df.itertuples():
+        train = r.train_tasks.split(";")
+        assert r.task not in train and len(set(train)) == len(train) == r.n_train
+    # n = 1, 2 with two draws each, n = 3 (all other tasks) once; for each of 4 held-out tasks and 2 methods
+    assert df.groupby("n_train").size().to_dict() == {1: 16, 2: 16, 3: 8}
+    # the synthetic tasks share their rule, so the metrics beat the prior at every n
+    mean = df.groupby(["method", "n_train"])["tau"].mean()
+    assert (mean["linear/zscore"] > mean["prior only"] + 0.3).all()
+    for f in ("predictor_learning_curve.md", "predictor_learning_curve.csv", "predictor_learning_curve.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0

@@ -165,8 +165,12 @@ def _cmd_train_predictor(args) -> int:
 
 
 def _cmd_evaluate_predictor(args) -> int:
-    from .evaluation import run_evaluation
+    from .evaluation import run_evaluation, run_learning_curve
 
+    if args.learning_curve:
+        run_learning_curve(args.data, args.out_dir, seed=args.seed)
+        print((Path(args.out_dir) / "predictor_learning_curve.md").read_text())
+        return 0
     run_evaluation(args.data, args.out_dir, seed=args.seed)
     print((Path(args.out_dir) / "predictor_eval.md").read_text())
     return 0
@@ -279,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="predictors/data")
     p.add_argument("--out-dir", default="results")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--learning-curve", action="store_true",
+                   help="instead: held-out tau against the number of training tasks (predictor_learning_curve.md)")
     p.set_defaults(func=_cmd_evaluate_predictor)
 
     p = sub.add_parser("study", help="Kendall tau of every single zero-shot metric vs the ground truth (Table 1)")

@@ -9,6 +9,10 @@ ground truth, for
   applied to the held-out one;
 * a data-free prior: the same predictor with only canonical type, depth and size as inputs, fitted on the same pairs;
 * random: the expectation over 200 random orders.
+
+:func:`run_learning_curve` asks what limits the held-out figures: the same leave-one-task-out protocol, but trained on
+random subsets of n of the model's other tasks, n = 1 .. all. A curve still rising at n = all says more tasks would
+help; a flat one says the limit is elsewhere (the ground truth's own noise, or what one batch's metrics can say).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from .predictor import ModelTask, top_k_precision, train_predictor
 from .probe import ProbeResult
 from .study import kendall, load_ground_truth, load_probe
 
-__all__ = ["load_model_tasks", "FEATURES", "Variant", "best_single_metric", "evaluate", "run_evaluation"]
+__all__ = ["load_model_tasks", "FEATURES", "Variant", "best_single_metric", "evaluate", "run_evaluation",
+           "run_learning_curve"]
 
 #: The probe columns a predictor reads by default: everything the default probe (all but grasp) produces.
 FEATURES = [
@@ -162,6 +167,89 @@ def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Var
     (out_dir / "predictor_eval.md").write_text(text)
     _plot(df, out_dir / "predictor_eval.png")
     return df
+
+
+def run_learning_curve(data_dir: str | Path, out_dir: str | Path, variant: Variant | None = None, draws: int = 3,
+                       seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Held-out tau against the number of training tasks (leave-one-task-out, within each model).
+
+    For every model with at least three model-tasks, every held-out task and every n from 1 to all its other tasks,
+    ``draws`` random n-subsets of the other tasks (one at n = all: there is only one) train ``variant`` and the
+    data-free prior. Writes ``predictor_learning_curve.md`` / ``.csv`` / ``.png``; each row records the tasks it
+    trained on, so that no row can have seen its held-out task.
+    """
+    from tqdm.auto import tqdm
+
+    variant = variant or Variant("linear", "rank")
+    methods = [variant, Variant(metrics=(), prior=True, arch="linear", steps=variant.steps)]
+    data = load_model_tasks(data_dir)
+    rng = np.random.default_rng(seed)
+    jobs = []
+    for model in sorted({d.model for d in data}):
+        mine = [d for d in data if d.model == model]
+        if len(mine) < 3:
+            continue
+        for test in mine:
+            others = [d for d in mine if d.task != test.task]
+            for n in range(1, len(others) + 1):
+                for draw in range(1 if n == len(others) else draws):
+                    pick = sorted(rng.choice(len(others), size=n, replace=False))
+                    jobs.append((test, n, draw, [others[i] for i in pick]))
+    if not jobs:
+        raise ValueError(f"a learning curve needs a model with at least three model-tasks in {data_dir}")
+    rows = []
+    for test, n, draw, train in tqdm(jobs, desc="learning curve", disable=not progress):
+        for v in methods:
+            pred = train_predictor(train, list(v.metrics), arch=v.arch, normalization=v.normalization,
+                                   prior=v.prior, steps=v.steps, seed=seed)
+            s = pred.score(ProbeResult(layers=test.layers, values=test.values, metrics=[]))
+            rows.append({"model": test.model, "task": test.task, "n_train": n, "draw": draw, "method": v.label,
+                         "train_tasks": ";".join(d.task for d in train), "tau": kendall(s, test.scores),
+                         "p@5": top_k_precision(s, test.scores)})
+    df = pd.DataFrame(rows)
+    _write_curve(df, Path(out_dir), seed, draws)
+    return df
+
+
+def _write_curve(df: pd.DataFrame, out_dir: Path, seed: int, draws: int) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_dir / "predictor_learning_curve.csv", index=False)
+    # mean over draws first, so every held-out task weighs the same at every n
+    per_task = df.groupby(["model", "method", "n_train", "task"])["tau"].mean()
+    curve = per_task.groupby(["model", "method", "n_train"]).mean().unstack("n_train").round(3)
+    curve.columns = [f"n={n}" for n in curve.columns]
+    curve = curve.astype(object).where(curve.notna(), "").reset_index()  # a model with fewer tasks: blank, not nan
+    text = "\n".join([
+        "# Held-out Kendall tau against the number of training tasks (leave-one-task-out)", "",
+        f"Seed {seed}, {draws} random subsets of the other tasks per n (one at n = all). Each cell: mean over "
+        "held-out tasks of the mean over subsets. Reproduce: `zest evaluate-predictor --learning-curve`.", "",
+        curve.to_markdown(index=False), ""])
+    (out_dir / "predictor_learning_curve.md").write_text(text)
+    _plot_curve(per_task, out_dir / "predictor_learning_curve.png")
+
+
+def _plot_curve(per_task: pd.Series, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted(per_task.index.get_level_values("model").unique())
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        g = per_task.loc[model]
+        for method in g.index.get_level_values("method").unique():
+            by_n = g.loc[method].groupby("n_train")
+            ax.errorbar(by_n.mean().index, by_n.mean(), yerr=by_n.sem().fillna(0), marker="o", capsize=3,
+                        label=method)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.set_title(f"{model}: held-out task (bars: s.e. over held-out tasks)")
+        ax.set_xlabel("training tasks (same model)")
+        ax.set_ylabel("Kendall tau (mean over held-out tasks)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _plot(df: pd.DataFrame, path: Path) -> None:

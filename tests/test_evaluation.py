@@ -48,6 +48,8 @@ def test_evaluation_protocols_and_baselines(tmp_path):
     assert set(single["choice"]) <= {"+snip", "-plain"}  # chosen on training model-tasks, sign included
     for f in ("predictor_eval.md", "predictor_eval.csv", "predictor_eval.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0
+    # one seed per model-task here: the table says there is no ceiling yet rather than inventing one
+    assert "no model-task has two seeds of ground truth yet" in (tmp_path / "out" / "predictor_eval.md").read_text()
 
 
 def test_learning_curve_never_trains_on_its_held_out_task(tmp_path):

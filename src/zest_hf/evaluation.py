@@ -26,7 +26,7 @@ import pandas as pd
 from .contrib import HEAD_ONLY
 from .predictor import ModelTask, top_k_precision, train_predictor
 from .probe import ProbeResult
-from .study import kendall, load_ground_truth, load_probe
+from .study import kendall, load_ground_truth, load_probe, noise_ceilings
 
 __all__ = ["load_model_tasks", "FEATURES", "Variant", "best_single_metric", "evaluate", "run_evaluation",
            "run_learning_curve"]
@@ -154,19 +154,28 @@ def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Var
             r["protocol"] = protocol
             rows.append(r)
     df = pd.DataFrame(rows)
-    out_dir = Path(out_dir)
+    _write_eval(df, data_dir, Path(out_dir), seed)
+    return df
+
+
+def _write_eval(df: pd.DataFrame, data_dir: str | Path, out_dir: Path, seed: int) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / "predictor_eval.csv", index=False)
     summary = df.groupby(["protocol", "method"])[["tau", "p@5"]].mean().round(3)
     per_task = df.pivot_table(index=["protocol", "model", "task"], columns="method", values="tau").round(2)
+    # The ceiling beside the figures: no predictor can agree with one seed's ground truth better than another seed
+    # of the same ground truth does.
+    ceil = noise_ceilings(load_ground_truth(data_dir))
+    ceiling = (ceil.round(3).to_markdown(index=False) if len(ceil)
+               else "(no model-task has two seeds of ground truth yet)")
     text = "\n".join([
         "# ZEST predictor on held-out model-tasks (Kendall tau, top-5 precision)", "",
         f"Seed {seed}. Reproduce: `zest evaluate-predictor --data {data_dir}`.", "",
         "## Mean over held-out model-tasks", "", summary.to_markdown(), "",
+        "## Noise ceiling: Kendall tau between two seeds of the ground truth", "", ceiling, "",
         "## Tau per held-out model-task", "", per_task.to_markdown(), ""])
     (out_dir / "predictor_eval.md").write_text(text)
     _plot(df, out_dir / "predictor_eval.png")
-    return df
 
 
 def run_learning_curve(data_dir: str | Path, out_dir: str | Path, variant: Variant | None = None, draws: int = 3,

@@ -535,16 +535,22 @@ def report(out_dir: Path) -> str:
         for model_name, g in final.groupby("model"):
             agg = g.groupby(["method", "task"])["test_acc"].agg(["mean", "std", "count"])
             cell = (agg["mean"] * 100).round(1).astype(str) + " ± " + (agg["std"].fillna(0) * 100).round(1).astype(str)
-            t = cell.unstack("task")
+            t = cell.unstack("task").fillna("")  # a run not there yet: blank
             t.columns = [c.replace("bigbench:", "") for c in t.columns]
-            # the mean over tasks only where a method has every task (a partial run would compare unlike sets)
-            complete = agg["mean"].groupby("method").count() == g["task"].nunique()
-            t["mean"] = (agg["mean"].groupby("method").mean() * 100).round(1).where(complete)
+            # The mean runs over the tasks every method has finished with every seed, so that a task still being
+            # collected neither enters some methods' means and not others' nor counts one seed as three.
+            names = [m.name for m in METHODS if m.name in agg.index.get_level_values("method")]
+            done = agg["count"].unstack("task").reindex(names)
+            complete_tasks = [c for c in done.columns if (done[c] >= len(SEEDS)).all()]
+            t["mean"] = (agg["mean"].unstack("task")[complete_tasks].mean(axis=1) * 100).round(1)
             t["seeds"] = agg["count"].groupby("method").min()
             tr = g.groupby("method")[["trainable_wo_head", "total_params"]].first()
             t["trainable (w/o head)"] = (tr["trainable_wo_head"] / tr["total_params"] * 100).round(3).astype(str) + "%"
             t = t.reindex([m.name for m in METHODS if m.name in t.index])
-            lines += [f"## Table 3 ({model_name}): test accuracy %, mean ± std over seeds", "", t.to_markdown(), ""]
+            pending = sorted(set(g["task"]) - set(complete_tasks))
+            lines += [f"## Table 3 ({model_name}): test accuracy %, mean ± std over seeds", "", t.to_markdown(), "",
+                      "`mean`: over " + (", ".join(c.replace("bigbench:", "") for c in complete_tasks) or "no task yet")
+                      + (f" (still being collected, left out of it: {', '.join(pending)})" if pending else ""), ""]
             t["model"] = model_name
             table3 = pd.concat([table3, t])
         _curves(final, out_dir / "curves.png")
@@ -602,7 +608,12 @@ def _acc_vs_memory(table3, cost, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = sorted(table3["model"].unique())
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    # One marker and colour per method, the same in every panel, and a legend instead of labels on the points:
+    # several methods land within a point of each other and their labels would overprint.
+    methods = list(dict.fromkeys(table3.index))
+    style = {m: (("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")[i % 11], f"C{i % 10}")
+             for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
     for ax, model_name in zip(axes[0], models):
         t = table3[table3["model"] == model_name]
         c = cost[cost["model"] == model_name].set_index("method")
@@ -612,14 +623,19 @@ def _acc_vs_memory(table3, cost, path: Path) -> None:
             if method not in c.index:
                 continue
             x = c.loc[method, "peak_rss_mb"] / c.loc["full FT", "peak_rss_mb"]
-            color = "C1" if "cost" in method else ("C0" if method.startswith("ZEST") else "C7")
-            ax.scatter(x, row["mean"], color=color)
-            ax.annotate(method, (x, row["mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            marker, color = style[method]
+            ax.scatter(x, row["mean"], marker=marker, color=color, s=60 if "ZEST" in method else 36,
+                       edgecolors="k" if "cost" in method else "none", label=method)
         ax.set_xlabel("peak memory of a training step / full fine-tuning")
         ax.set_ylabel("mean test accuracy % over tasks")
         ax.set_title(model_name)
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -78,3 +78,26 @@ def test_a_rerun_resumes_from_runs_jsonl_and_a_needed_oracle_is_built(bench, tmp
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
     bench.accuracy_phase(["toy"], methods, tmp_path, "linear", "rank")
     assert [(c[0], c[3]) for c in bench.calls] == [(rows[-1]["method"], rows[-1]["seed"])]
+
+
+def test_report_means_only_over_tasks_every_method_has_finished(tmp_path):
+    mod = _bench()
+    rows = []
+    for method, acc in (("head only", 0.5), ("full FT", 0.9)):
+        for seed in mod.SEEDS:
+            rows.append({"model": "toy", "task": "done", "method": method, "lr": 1e-3, "seed": seed,
+                         "val_acc": acc, "test_acc": acc, "curve": [(4, acc)], "trainable_wo_head": 0,
+                         "total_params": 2})
+    # the second task: head only finished, full FT only its first seed (a collection in progress)
+    for seed in mod.SEEDS:
+        rows.append({"model": "toy", "task": "pending", "method": "head only", "lr": 1e-3, "seed": seed,
+                     "val_acc": 0.1, "test_acc": 0.1, "curve": [(4, 0.1)], "trainable_wo_head": 0, "total_params": 2})
+    rows.append({"model": "toy", "task": "pending", "method": "full FT", "lr": 1e-3, "seed": mod.SEEDS[0],
+                 "val_acc": 0.2, "test_acc": 0.2, "curve": [(4, 0.2)], "trainable_wo_head": 0, "total_params": 2})
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = mod.report(tmp_path)
+    table = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]]
+             for l in text.splitlines() if l.startswith("| head only") or l.startswith("| full FT")}
+    # columns: done, pending, mean, seeds, trainable; the mean is the finished task's alone, for both methods
+    assert float(table["head only"][2]) == 50.0 and float(table["full FT"][2]) == 90.0
+    assert "still being collected, left out of it: pending" in text

@@ -12,21 +12,22 @@ m = df.groupby(["protocol", "method"])[["tau", "p@5"]].mean().round(3)
 tasks = sorted({f"{r.model}/{r.task}" for r in df.itertuples()})
 lines = [f"Seed 0, `zest evaluate-predictor --out-dir results` (results/predictor_eval.md), on the {len(tasks)} model-tasks "
          "whose best layers beat head-only beyond seed noise: " + ", ".join(tasks) + ".", "",
-         "| method (trained without the held-out model-task) | leave-one-task-out tau | p@5 | leave-one-model-out tau | p@5 |",
-         "| --- | ---: | ---: | ---: | ---: |"]
+         "| method (trained without the held-out model-task) | leave-one-task-out tau | p@5 | leave-one-model-out tau | p@5 "
+         "| leave-one-task-out, all models tau | p@5 |",
+         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
 for meth in ["linear/rank", "linear/zscore", "mlp/zscore", "mlp/rank", "prior only", "best single metric", "random"]:
-    a, b = m.loc[("leave-one-task-out", meth)], m.loc[("leave-one-model-out", meth)]
+    a, b, c = (m.loc[(p, meth)] for p in ("leave-one-task-out", "leave-one-model-out", "leave-one-task-out, all models"))
     name = f"**{meth} (this predictor's variant)**" if meth == "linear/rank" else meth
-    lines.append(f"| {name} | {a.tau:.3f} | {a['p@5']:.3f} | {b.tau:.3f} | {b['p@5']:.3f} |")
+    lines.append(f"| {name} | {a.tau:.3f} | {a['p@5']:.3f} | {b.tau:.3f} | {b['p@5']:.3f} | {c.tau:.3f} | {c['p@5']:.3f} |")
 ceil = json.load(open("results/noise_ceiling.json"))
-lines += ["", f"Held-out model-tasks: {n['leave-one-task-out']} per protocol. Noise ceiling (Kendall tau between two seeds of the ground truth itself): "
+lines += ["", f"Held-out model-tasks: {n['leave-one-task-out']} per protocol (all models: the held-out task removed from every model's data). Noise ceiling (Kendall tau between two seeds of the ground truth itself): "
           + ", ".join(f"{c['model']}/{c['task'].split(':')[-1]} {c['tau']:.3f}" for c in ceil)
           + ". The paper's 0.8 is above every ceiling measured here but one."]
 open(sys.argv[1], "w").write("\n".join(lines) + "\n")
-lines_end = ("\nWhy this variant: the best mean over both protocols (linear/rank "
-             f"{(m.loc[('leave-one-task-out', 'linear/rank')].tau + m.loc[('leave-one-model-out', 'linear/rank')].tau) / 2:.3f}, "
-             f"linear/zscore {(m.loc[('leave-one-task-out', 'linear/zscore')].tau + m.loc[('leave-one-model-out', 'linear/zscore')].tau) / 2:.3f}): "
-             "tied within noise on new tasks of seen models, ahead on an unseen model, which is what a universal "
-             "predictor meets.\n")
+PROTOCOLS = ("leave-one-task-out", "leave-one-model-out", "leave-one-task-out, all models")
+mean3 = {v: sum(m.loc[(p, v)].tau for p in PROTOCOLS) / 3 for v in ("linear/rank", "linear/zscore")}
+lines_end = ("\nWhy this variant: the best mean over the three protocols (linear/rank "
+             f"{mean3['linear/rank']:.3f}, linear/zscore {mean3['linear/zscore']:.3f}): tied within noise on new "
+             "tasks of seen models, ahead on an unseen model, which is what a universal predictor meets.\n")
 with open(sys.argv[1], "a") as fh:
     fh.write(lines_end)

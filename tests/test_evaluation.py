@@ -36,10 +36,18 @@ def test_evaluation_protocols_and_baselines(tmp_path):
     data = load_model_tasks(tmp_path)
     assert len(data) == 4 and all(len(d.layers) == 42 for d in data)
     df = run_evaluation(tmp_path, tmp_path / "out", variants=[Variant("linear", "zscore", steps=600)], progress=False)
-    assert set(df["protocol"]) == {"leave-one-task-out", "leave-one-model-out"}
-    # model a's three tasks are each held out once within a; every model-task once across models
+    pooled = "leave-one-task-out, all models"
+    assert set(df["protocol"]) == {"leave-one-task-out", "leave-one-model-out", pooled}
+    # model a's three tasks are each held out once within a; every model-task once across models; pooled: a's
+    # three (b's one task has no other task on b to compare with)
     assert df[df.method == "random"].groupby("protocol").size().to_dict() == {"leave-one-task-out": 3,
-                                                                              "leave-one-model-out": 4}
+                                                                              "leave-one-model-out": 4, pooled: 3}
+    for r in df[df.method == "random"].itertuples():
+        train = r.train.split(";")
+        assert f"{r.model}/{r.task}" not in train
+        if r.protocol == pooled:  # the task is removed from every model, not only from the held-out one
+            assert not any(k.endswith(f"/{r.task}") for k in train)
+            assert ("b/t1" in train) == (r.task != "t1")  # and the other model's tasks are in
     mean = df.groupby("method")["tau"].mean()
     assert mean["linear/zscore"] > 0.6
     assert abs(mean["random"]) < 0.1

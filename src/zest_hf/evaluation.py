@@ -1,7 +1,8 @@
 """Judging predictors on held-out model-tasks (the paper's Table 2), against the baselines a reviewer asks for.
 
-Protocols: leave-one-task-out within each model (train on the model's other tasks), and leave-one-model-out (train
-on every task of the other models). For each held-out model-task: Kendall tau and top-5 precision against the
+Protocols: leave-one-task-out within each model (train on the model's other tasks), leave-one-model-out (train
+on every task of the other models), and leave-one-task-out over all models (train on every model's data with the
+held-out task removed from all of them: how the bundled predictor meets a new task). For each held-out model-task: Kendall tau and top-5 precision against the
 ground truth, for
 
 * each predictor variant (``arch`` x ``normalization``);
@@ -148,10 +149,15 @@ def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Var
         other = [o for o in data if o.model != d.model]
         if other:
             jobs.append(("leave-one-model-out", other, d))
+        # how the shipped predictor and end_to_end's meet a new task: every model's data, the task on none of them
+        pooled = [o for o in data if o.task != d.task]
+        if other and same:
+            jobs.append(("leave-one-task-out, all models", pooled, d))
     rows = []
     for protocol, train, test in tqdm(jobs, desc="predictor eval", disable=not progress):
         for r in evaluate(train, test, variants, seed=seed):
             r["protocol"] = protocol
+            r["train"] = ";".join(d.key for d in train)  # so that anyone can check what a row was trained on
             rows.append(r)
     df = pd.DataFrame(rows)
     _write_eval(df, data_dir, Path(out_dir), seed)

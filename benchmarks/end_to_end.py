@@ -320,14 +320,10 @@ def head_kind(model_name: str, task) -> str:
 
 
 def _choice_accuracy(model, tok, split, budget: dict) -> float:
-    """Log-likelihood choice accuracy (zest_hf.tasks.score_choices' rule), the model left in the mode it was in."""
+    """Log-likelihood choice accuracy (zest_hf.tasks.score_choices, which puts the model back in its mode)."""
     from zest_hf.tasks import score_choices
 
-    was_training = model.training
-    try:
-        return float(score_choices(model, tok, split, max_length=budget["max_length"], batch_size=64)["accuracy"])
-    finally:
-        model.train(was_training)
+    return float(score_choices(model, tok, split, max_length=budget["max_length"], batch_size=64)["accuracy"])
 
 
 def _choice_curve(score, every: int, curve: list):

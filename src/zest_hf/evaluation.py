@@ -58,17 +58,19 @@ class Variant:
         return f"{self.arch}/{self.normalization}{'' if self.prior else '/no-prior'}"
 
 
-def load_model_tasks(data_dir: str | Path, min_layers: int = 10, separating_only: bool = True) -> list[ModelTask]:
+def load_model_tasks(data_dir: str | Path, min_layers: int = 10, separating_only: bool = True,
+                     gt: pd.DataFrame | None = None) -> list[ModelTask]:
     """Every model-task with ground truth and a probe, scores averaged over seeds, aligned with the probe's layers.
 
     ``separating_only``: leave out model-tasks whose best layers do not beat head-only beyond seed noise
     (:func:`zest_hf.study.head_only_gaps`): their layer order is noise, which would teach a predictor nothing and
     judge it against chance. Unfinished collections (:func:`zest_hf.study.collection_status`) are left out by
-    :func:`zest_hf.study.load_ground_truth`, so a partial collection never trains or judges a predictor.
+    :func:`zest_hf.study.load_ground_truth`, so a partial collection never trains or judges a predictor. ``gt``:
+    that function's result, when the caller has read it already.
     """
     from .study import head_only_gaps
 
-    gt = load_ground_truth(data_dir)
+    gt = load_ground_truth(data_dir) if gt is None else gt
     dropped = set()
     if separating_only:
         gaps = head_only_gaps(gt)
@@ -112,14 +114,17 @@ def _random_expectation(truth: np.ndarray, k: int = 5, draws: int = 200, seed: i
     return float(np.mean(taus)), float(np.mean(precs))
 
 
+def _judge(v: Variant, train: list[ModelTask], test: ModelTask, seed: int) -> dict:
+    """Fit variant ``v`` on ``train``; its Kendall tau and top-5 precision on the held-out ``test``."""
+    pred = train_predictor(train, list(v.metrics), arch=v.arch, normalization=v.normalization, prior=v.prior,
+                           steps=v.steps, seed=seed)
+    s = pred.score(ProbeResult(layers=test.layers, values=test.values, metrics=[]))
+    return {"method": v.label, "tau": kendall(s, test.scores), "p@5": top_k_precision(s, test.scores)}
+
+
 def evaluate(train: list[ModelTask], test: ModelTask, variants: list[Variant], seed: int = 0) -> list[dict]:
     """Rows (method, tau, p@5) for one held-out model-task."""
-    rows = []
-    for v in variants + [Variant(metrics=(), prior=True, arch="linear")]:
-        pred = train_predictor(train, list(v.metrics), arch=v.arch, normalization=v.normalization, prior=v.prior,
-                               steps=v.steps, seed=seed)
-        s = pred.score(ProbeResult(layers=test.layers, values=test.values, metrics=[]))
-        rows.append({"method": v.label, "tau": kendall(s, test.scores), "p@5": top_k_precision(s, test.scores)})
+    rows = [_judge(v, train, test, seed) for v in variants + [Variant(metrics=(), prior=True, arch="linear")]]
     col, sign = best_single_metric(train, FEATURES)
     s = sign * np.asarray(test.values[col], float)
     rows.append({"method": "best single metric", "choice": f"{'-' if sign < 0 else '+'}{col}",
@@ -138,7 +143,8 @@ def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Var
 
     variants = variants or [Variant("linear", "rank"), Variant("linear", "zscore"), Variant("mlp", "rank"),
                             Variant("mlp", "zscore")]
-    data = load_model_tasks(data_dir)
+    gt = load_ground_truth(data_dir)
+    data = load_model_tasks(data_dir, gt=gt)
     if len(data) < 2:
         raise ValueError(f"need at least two model-tasks with ground truth and probes in {data_dir}, found {len(data)}")
     jobs = []
@@ -160,18 +166,17 @@ def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Var
             r["train"] = ";".join(d.key for d in train)  # so that anyone can check what a row was trained on
             rows.append(r)
     df = pd.DataFrame(rows)
-    _write_eval(df, data_dir, Path(out_dir), seed)
+    _write_eval(df, data_dir, Path(out_dir), seed, noise_ceilings(gt))
     return df
 
 
-def _write_eval(df: pd.DataFrame, data_dir: str | Path, out_dir: Path, seed: int) -> None:
+def _write_eval(df: pd.DataFrame, data_dir: str | Path, out_dir: Path, seed: int, ceil: pd.DataFrame) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / "predictor_eval.csv", index=False)
     summary = df.groupby(["protocol", "method"])[["tau", "p@5"]].mean().round(3)
     per_task = df.pivot_table(index=["protocol", "model", "task"], columns="method", values="tau").round(2)
     # The ceiling beside the figures: no predictor can agree with one seed's ground truth better than another seed
     # of the same ground truth does.
-    ceil = noise_ceilings(load_ground_truth(data_dir))
     ceiling = (ceil.round(3).to_markdown(index=False) if len(ceil)
                else "(no model-task has two seeds of ground truth yet)")
     text = "\n".join([
@@ -215,12 +220,8 @@ def run_learning_curve(data_dir: str | Path, out_dir: str | Path, variant: Varia
     rows = []
     for test, n, draw, train in tqdm(jobs, desc="learning curve", disable=not progress):
         for v in methods:
-            pred = train_predictor(train, list(v.metrics), arch=v.arch, normalization=v.normalization,
-                                   prior=v.prior, steps=v.steps, seed=seed)
-            s = pred.score(ProbeResult(layers=test.layers, values=test.values, metrics=[]))
-            rows.append({"model": test.model, "task": test.task, "n_train": n, "draw": draw, "method": v.label,
-                         "train_tasks": ";".join(d.task for d in train), "tau": kendall(s, test.scores),
-                         "p@5": top_k_precision(s, test.scores)})
+            rows.append({"model": test.model, "task": test.task, "n_train": n, "draw": draw,
+                         "train_tasks": ";".join(d.task for d in train), **_judge(v, train, test, seed)})
     df = pd.DataFrame(rows)
     _write_curve(df, Path(out_dir), seed, draws)
     return df

@@ -581,13 +581,17 @@ def _curves(final, path: Path) -> None:
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 3.5), squeeze=False)
     for ax, (model_name, task) in zip(axes[0], pairs):
         g = final[(final["model"] == model_name) & (final["task"] == task)]
-        for name, style in (("full FT", "k-"), ("ZEST@5", "C0-"), ("Random@5", "C3--"), ("head only", "C7:")):
+        for name, color, line in (("full FT", "k", "-"), ("ZEST@5", "C0", "-"), ("Random@5", "C3", "--"),
+                                  ("head only", "C7", ":")):
             runs = g[g["method"] == name]
             if runs.empty:
                 continue
             steps = [s for s, _ in runs.iloc[0]["curve"]]
             accs = np.array([[a for _, a in c] for c in runs["curve"] if len(c) == len(steps)])
-            ax.plot(steps, accs.mean(0), style, label=name)
+            if len(steps) == 1:  # a decoder's "head only" is the untrained model: one level, drawn across the axis
+                ax.axhline(accs.mean(), color=color, linestyle=line, label=name)
+            else:
+                ax.plot(steps, accs.mean(0), color=color, linestyle=line, label=name)
         ax.set_title(f"{model_name} {task.replace('bigbench:', '')}", fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("validation accuracy")

@@ -101,3 +101,24 @@ def test_report_means_only_over_tasks_every_method_has_finished(tmp_path):
     # columns: done, pending, mean, seeds, trainable; the mean is the finished task's alone, for both methods
     assert float(table["head only"][2]) == 50.0 and float(table["full FT"][2]) == 90.0
     assert "still being collected, left out of it: pending" in text
+
+
+def test_targets_compare_zest_against_full_ft_and_random_over_finished_tasks():
+    import pandas as pd
+
+    mod = _bench()
+    # two tasks: ZEST@5 within a point of full FT on average (80 vs 80.5) but not 2 points over Random@5 (79)
+    task_means = pd.DataFrame([
+        {"model": "toy", "task": t, "method": m, "acc": a}
+        for t, accs in (("a", {"full FT": 81.0, "ZEST@5": 82.0, "Random@5": 80.0}),
+                        ("b", {"full FT": 80.0, "ZEST@5": 78.0, "Random@5": 78.0}))
+        for m, a in accs.items()])
+    cost = pd.DataFrame([{"model": "toy", "method": "full FT", "time_s": 10.0, "peak_rss_mb": 1000.0},
+                         {"model": "toy", "method": "ZEST@5", "time_s": 4.0, "peak_rss_mb": 450.0}])
+    rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]]
+            for l in mod._targets(task_means, cost) if l.startswith("| ZEST")}
+    assert rows["ZEST@5: mean test acc. %, toy (2 tasks), vs full FT -1"] == ["80.0", ">= 79.5", "yes"]
+    assert rows["ZEST@5: mean test acc. %, toy (2 tasks), vs Random@5 +2"] == ["80.0", ">= 81.0", "no"]
+    assert rows["ZEST@5: step time vs full FT, toy"] == ["0.40x", "<= 0.5x", "yes"]
+    assert rows["ZEST@5: peak memory vs full FT, toy"] == ["0.45x", "<= 0.4x", "no"]
+    assert mod._targets(pd.DataFrame(), pd.DataFrame()) == []

@@ -5,7 +5,7 @@ on every task of the other models), and leave-one-task-out over all models (trai
 held-out task removed from all of them: how the bundled predictor meets a new task). For each held-out model-task:
 Kendall tau and top-5 precision against the ground truth, for
 
-* each predictor variant (``arch`` x ``normalization``);
+* each predictor variant (``arch`` x ``normalization``), and linear/rank on the metrics alone (``/no-prior``);
 * the best single metric, chosen on the TRAINING model-tasks only (largest mean signed tau, sign included), then
   applied to the held-out one;
 * a data-free prior: the same predictor with only canonical type, depth and size as inputs, fitted on the same pairs;
@@ -141,8 +141,9 @@ def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Var
     """Both protocols over every held-out model-task; writes ``predictor_eval.md``/``.csv``/``.png``."""
     from tqdm.auto import tqdm
 
+    # linear/rank/no-prior: the one-batch metrics alone, so that what the data-free prior adds is measured too
     variants = variants or [Variant("linear", "rank"), Variant("linear", "zscore"), Variant("mlp", "rank"),
-                            Variant("mlp", "zscore")]
+                            Variant("mlp", "zscore"), Variant("linear", "rank", prior=False)]
     gt = load_ground_truth(data_dir)
     data = load_model_tasks(data_dir, gt=gt)
     if len(data) < 2:

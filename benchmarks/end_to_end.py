@@ -540,7 +540,8 @@ def report(out_dir: Path) -> str:
             names = [m.name for m in METHODS if m.name in agg.index.get_level_values("method")]
             done = agg["count"].unstack("task").reindex(names)
             complete_tasks = [c for c in done.columns if (done[c] >= len(SEEDS)).all()]
-            t["mean"] = (agg["mean"].unstack("task")[complete_tasks].mean(axis=1) * 100).round(1)
+            task_mean = agg["mean"].unstack("task")  # method x task, over seeds
+            t["mean"] = (task_mean[complete_tasks].mean(axis=1) * 100).round(1)
             t["seeds"] = agg["count"].groupby("method").min()
             tr = g.groupby("method")[["trainable_wo_head", "total_params"]].first()
             t["trainable (w/o head)"] = (tr["trainable_wo_head"] / tr["total_params"] * 100).round(3).astype(str) + "%"
@@ -552,7 +553,7 @@ def report(out_dir: Path) -> str:
             t["model"] = model_name
             table3 = pd.concat([table3, t])
             for task in complete_tasks:
-                for method, v in agg["mean"].unstack("task")[task].items():
+                for method, v in task_mean[task].items():
                     task_means.append({"model": model_name, "task": task, "method": method, "acc": v * 100})
         _curves(final, out_dir / "curves.png")
     if not cost.empty:

@@ -54,14 +54,16 @@ PLAN = [
     # bbc_news do not separate at this budget (fever not even at 80 steps, lr 1e-3); valid_parentheses (+5 points)
     # and twitter_sentiment (+2) do. Separating tasks first, two seeds on the first for the noise ceiling.
     ("smollm2", "bigbench:cs_algorithms/valid_parentheses", (0, 1)),
+    # The decoder tasks that separate get a second seed: a predictor learns from the seed mean, and the
+    # seed-to-seed tau says how much of a task's ranking is signal.
     # Multiple choice on a decoder: the layer alone trains on the gold answer's LM loss and is scored by
     # log-likelihood (no head; baseline = untrained model). Pilots (predictors/data/smollm2_loglik_pilot.jsonl, block 6
     # down_proj): goal_step 0.449 -> 0.511, social_iqa 0.354 -> 0.405 (lr 1e-3): larger gains than twitter's.
-    ("smollm2", "bigbench:goal_step_wikihow/step_inference", (0,)),
-    ("smollm2", "bigbench:social_iqa", (0,)),
+    ("smollm2", "bigbench:goal_step_wikihow/step_inference", (0, 1)),
+    ("smollm2", "bigbench:social_iqa", (0, 1)),
     # Log-likelihood pilots (predictors/data/smollm2_mc_pilot.jsonl, block 6 down_proj vs untrained): timedial
     # 0.522 vs 0.353 (+17 points, the largest SmolLM2 gain seen); unit_identification saturates (untrained 0.98).
-    ("smollm2", "bigbench:timedial", (0,)),
+    ("smollm2", "bigbench:timedial", (0, 1)),
     # twitter: its first 6 layers (block 0) scored 0.549-0.570 against head-only 0.562, ~7 min each on the shared
     # machine: paused behind timedial (end_to_end's SmolLM2 tasks are valid_parentheses and goal_step now, so no
     # oracle waits on it; it is a 5th SmolLM2 task only if its remaining layers separate).

@@ -155,7 +155,7 @@ def oracle_layers(model: str, task: str, k: int) -> list[str]:
 def zest_config(method: Method, model, selectors: dict, oracle: list[str] | None, seed: int):
     """The ZestConfig of a sparse or LoRA-on-selection method (unresolved ones probe inside prepare_trainer)."""
     import zest_hf
-    from zest_hf.heads import find_head
+    from zest_hf.modeling import find_head
 
     if method.kind in ("zest", "lora_zest"):
         return zest_hf.ZestConfig(top_k=method.k, predictor=selectors["predictor"], cost_weight=method.cost_weight,
@@ -185,7 +185,7 @@ def build(method: Method, model, selectors: dict, oracle, seed: int, trainer=Non
     import peft
 
     import zest_hf
-    from zest_hf.heads import find_head
+    from zest_hf.modeling import find_head
 
     head = find_head(model)
     if method.kind in ("head_only", "full"):
@@ -228,7 +228,7 @@ def run_one(model_name: str, task_name: str, method: Method, lr: float, head_lr:
     import torch
     import transformers
 
-    from zest_hf.heads import find_head
+    from zest_hf.modeling import find_head
     from zest_hf.models import load_model
     from zest_hf.tasks import collator_for, load_task, prepare_tokenizer
 
@@ -463,7 +463,7 @@ def cost_worker(model_name: str, method_name: str, out_dir: Path, repeats: int) 
     import torch
 
     import zest_hf
-    from zest_hf.heads import find_head
+    from zest_hf.modeling import find_head
 
     budget = budget_of(model_name)
     task = budget["tasks"][0]

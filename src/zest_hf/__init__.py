@@ -14,7 +14,7 @@ Training only the selection, with peft or a stock Trainer (``import zest_hf`` re
     >>> zest_hf.prepare_trainer(trainer, zest_hf.ZestConfig(top_k=8))    # doctest: +SKIP
 """
 
-__version__ = "0.2.0"
+from ._version import __version__
 
 from .loss import MissingLabelsError
 from .metrics import METRICS, register_metric, resolve_metrics

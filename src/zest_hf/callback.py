@@ -31,12 +31,11 @@ from transformers import TrainerCallback
 
 from .peft_method import ZestConfig, check_modules
 from .selection import SelectionError, select
+from .errors import ZestTrainerError
+from .modeling import peft_base
 
 __all__ = ["ZestCallback", "prepare_trainer", "ZestTrainerError"]
 
-
-class ZestTrainerError(RuntimeError):
-    """The Trainer is in a state where ZEST cannot choose what it trains (optimizer already built, model wrapped...)."""
 
 
 class ZestCallback(TrainerCallback):
@@ -261,8 +260,7 @@ def _keep_backward_above_selection(model) -> None:
     the embeddings' output require grad, so backward runs through every frozen block below the selection. With
     non-reentrant checkpointing that hook is not needed: remove it. Reentrant checkpointing needs it (no gradient
     reaches a checkpointed block whose input does not require grad), so it stays, with a warning."""
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else model
+    base = peft_base(model)
     if not getattr(base, "is_activation_checkpointing", False):
         return
     if _uses_reentrant(base):

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from .blocks import BlockRunner
-from .heads import find_head
+from .modeling import device_of, find_head
+from .validation import check_int, check_real
 from .targets import find_targets
 
 __all__ = ["ContribBudget", "ContribSetup", "setup_contributions", "collect_contributions", "read_jsonl", "HEAD_ONLY", "task_slug"]
@@ -73,11 +74,9 @@ class ContribBudget:
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "max_length", "eval_examples", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"budget.{name} must be >= 1, got {getattr(self, name)}")
+            check_int(f"budget.{name}", getattr(self, name))
         for name in ("lr_layer", "lr_head", "max_epochs"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"budget.{name} must be > 0, got {getattr(self, name)}")
+            check_real(f"budget.{name}", getattr(self, name), low=0, low_open=True)
 
 
 def task_slug(task: str) -> str:
@@ -225,7 +224,7 @@ def setup_contributions(
     head_names = find_head(model)
 
     # ---- data: a fixed stream of training batches, a fixed validation set
-    dev = next(model.parameters()).device
+    dev = device_of(model)
     collate = collator_for(head_kind, tok)
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(n_train) for _ in range(math.ceil(need / n_train))])[:need]

@@ -22,7 +22,7 @@ def trainable_params(model: nn.Module) -> int:
 def freeze_all_but_head(model: nn.Module) -> list[str]:
     """Head-only training: the task head (the modules ZEST trains besides its selection) is all that trains.
     Returns the head's top-level module names."""
-    from .heads import find_head
+    from .modeling import device_of, find_head
 
     head = find_head(model)
     for name, p in model.named_parameters():
@@ -38,7 +38,7 @@ def predict_labels(model: nn.Module, dataset, collator, batch_size: int = 64) ->
     join), so a trained and a reloaded model see identical batches.
     """
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     preds: list[int] = []
     for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
         batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}

@@ -16,15 +16,13 @@ import re
 from pathlib import Path
 
 from .predictor import PredictorError, ZestPredictor
+from .errors import PredictorNotFoundError
 
 __all__ = ["load_predictor", "bundled_predictors", "push_predictor", "DEFAULT_PREDICTOR", "PredictorNotFoundError"]
 
 DEFAULT_PREDICTOR = "zest-universal"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-
-class PredictorNotFoundError(PredictorError, FileNotFoundError):
-    """No predictor under that name, path or repo id (or the Hub is unreachable and it is not cached)."""
 
 
 def _bundled_dirs() -> list[Path]:
@@ -106,7 +104,7 @@ def push_predictor(directory: str | os.PathLike, repo_id: str, *, private: bool 
 
 def write_card(directory: str | os.PathLike, predictor: ZestPredictor, *, held_out: str = "", notes: str = "") -> Path:
     """Replace the mixin's generic README.md with a model card that says what the predictor is and how it scores."""
-    from . import __version__
+    from ._version import __version__
 
     tasks = predictor.trained_on.get("model_tasks", [])
     card = f"""---

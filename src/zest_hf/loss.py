@@ -6,23 +6,11 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+from .errors import MissingLabelsError
+from .modeling import base_model, is_causal_lm
 
 __all__ = ["MissingLabelsError", "check_batch", "prepare_batch", "model_loss", "is_causal_lm"]
 
-
-class MissingLabelsError(ValueError):
-    """The batch has no ``labels`` and the model's loss needs them."""
-
-
-def _base(model: nn.Module) -> nn.Module:
-    get = getattr(model, "get_base_model", None)  # peft's PeftModel
-    return get() if callable(get) else model
-
-
-def is_causal_lm(model: nn.Module) -> bool:
-    """True for a language-model head whose loss can be built from the inputs themselves."""
-    name = type(_base(model)).__name__
-    return name.endswith("ForCausalLM") or name.endswith("LMHeadModel")
 
 
 def check_batch(model: nn.Module, batch: Mapping) -> None:
@@ -39,7 +27,7 @@ def check_batch(model: nn.Module, batch: Mapping) -> None:
         if is_causal_lm(model) and "input_ids" in batch:
             return  # the language-modelling loss on the inputs themselves
         raise MissingLabelsError(
-            f"the probe batch has no 'labels', and {type(_base(model)).__name__} computes no loss without them. "
+            f"the probe batch has no 'labels', and {type(base_model(model)).__name__} computes no loss without them. "
             "Add a 'labels' tensor (class ids for sequence classification, the correct choice for multiple choice, "
             "token ids with -100 on ignored positions for a causal LM)."
         )
@@ -72,7 +60,7 @@ def model_loss(model: nn.Module, batch: Mapping) -> torch.Tensor:
     loss = out["loss"] if isinstance(out, Mapping) else getattr(out, "loss", None)
     if loss is None:
         raise MissingLabelsError(
-            f"{type(_base(model)).__name__} returned no loss for this batch (keys: {sorted(batch)}). Pass labels its "
+            f"{type(base_model(model)).__name__} returned no loss for this batch (keys: {sorted(batch)}). Pass labels its "
             "forward accepts."
         )
     return loss

@@ -23,6 +23,8 @@ import uuid
 from pathlib import Path
 
 import torch
+from .errors import MissingModelPackageError
+from .modeling import is_causal_lm_class
 
 __all__ = ["load_model", "load_tokenizer", "resolve_model", "is_decoder", "HEADS", "cache_dir", "PACKAGED_MODELS"]
 
@@ -50,9 +52,6 @@ PACKAGED_MODELS = {
     },
 }
 
-
-class MissingModelPackageError(ImportError):
-    """A packaged model was asked for but its pip package is not installed; the message has the pip command."""
 
 
 def cache_dir() -> Path:
@@ -101,7 +100,7 @@ def is_decoder(name_or_path: str) -> bool:
 
     cfg = AutoConfig.from_pretrained(name_or_path)
     archs = getattr(cfg, "architectures", None) or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+    if any(is_causal_lm_class(a) for a in archs):
         return True
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 

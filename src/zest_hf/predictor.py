@@ -36,7 +36,8 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from . import __version__
+from ._version import __version__
+from .errors import PredictorError
 
 __all__ = ["ZestPredictor", "PredictorError", "layer_features", "TYPE_SLOTS", "train_predictor", "ModelTask"]
 
@@ -46,9 +47,6 @@ _FUSED = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
 NORMALISATIONS = ("rank", "zscore")
 ARCHS = ("linear", "mlp")
 
-
-class PredictorError(ValueError):
-    """A predictor that cannot be used as asked (bad config, other metrics than the probe gives...)."""
 
 
 def _release(version: str) -> tuple[int, int]:

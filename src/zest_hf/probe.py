@@ -31,13 +31,12 @@ from torch import nn
 
 from .loss import check_batch, model_loss, prepare_batch
 from .metrics import METRICS, ActStats, Metric, resolve_metrics
-from .targets import Target, _unwrap, find_targets
+from .modeling import device_of, unwrap_parallel
+from .targets import Target, find_targets
+from .errors import NonFiniteError
 
 __all__ = ["probe", "ProbeResult", "NonFiniteError"]
 
-
-class NonFiniteError(FloatingPointError):
-    """The loss or a gradient was NaN/inf; the message names where. The model is left as it was."""
 
 
 # --------------------------------------------------------------------------------------------------------- result
@@ -188,14 +187,14 @@ def probe(
         >>> result.to_pandas().sort_values("snip", ascending=False).head()  # doctest: +SKIP
     """
     chosen = resolve_metrics(metrics)
-    model_u = _unwrap(model)
+    model_u = unwrap_parallel(model)
     tlist = list(targets) if targets is not None else find_targets(model_u, target_modules, exclude_modules)
     check_batch(model_u, batch)
     sources = {m.source for m in chosen}
     if "synflow" in sources:
         _check_synflow_supported(model_u)
 
-    device = _device_of(model_u)
+    device = device_of(model_u)
     data = prepare_batch(model_u, batch, device)
     rows = [dict() for _ in tlist]
     nonfinite: list[tuple[str, str]] = []
@@ -502,12 +501,6 @@ def _math_sdpa():
         yield
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -517,7 +510,7 @@ def _progress(total: int, enabled: bool):
 def _versions() -> dict:
     import transformers
 
-    from . import __version__
+    from ._version import __version__
 
     return {"zest_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 

@@ -16,45 +16,14 @@ Every check that can fail (sizes, candidates, head, labels) runs before the prob
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 
 from torch import nn
+from .errors import SelectionError
+from .validation import check_cost_weight, check_size
 
 __all__ = ["choose", "cost_aware", "backward_cost", "check_size", "select", "SelectionError"]
 
-
-class SelectionError(ValueError):
-    """A selection that cannot be made or applied: bad ``top_k``/``budget``, or modules the model does not have."""
-
-
-def check_size(top_k: int | None = None, budget: float | None = None, num_candidates: int | None = None) -> None:
-    """Validate the requested selection size; with ``num_candidates``, also that ``top_k`` fits.
-
-    Raises:
-        SelectionError: ``top_k`` not an integer >= 1 (or more than the candidates), ``budget`` outside (0, 1], both
-            or neither given.
-    """
-    if top_k is not None and budget is not None:
-        raise SelectionError(f"give either top_k ({top_k}) or budget ({budget}), not both")
-    if top_k is None and budget is None:
-        raise SelectionError("give top_k=<number of layers> or budget=<fraction of the candidates' parameters>")
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
-            raise SelectionError(f"top_k must be an integer >= 1, got {top_k!r}")
-        if top_k < 1:
-            raise SelectionError(f"top_k must be >= 1, got {top_k}: ZEST trains at least one layer besides the head")
-        if num_candidates is not None and top_k > num_candidates:
-            raise SelectionError(
-                f"top_k={top_k} but the model has only {num_candidates} candidate layers; lower top_k, or widen the "
-                "candidates (ZestConfig(candidates=...))."
-            )
-    if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not 0 < float(budget) <= 1:
-            raise SelectionError(
-                f"budget must be a fraction in (0, 1] of the candidate layers' parameters, got {budget!r} "
-                "(e.g. budget=0.05 trains the best layers that together hold at most 5% of them)."
-            )
 
 
 def choose(layers: Sequence[Mapping], *, top_k: int | None = None, budget: float | None = None,
@@ -86,8 +55,7 @@ def choose(layers: Sequence[Mapping], *, top_k: int | None = None, budget: float
     bad = [r["name"] for r in layers if not math.isfinite(float(r["score"]))]
     if bad:
         raise SelectionError(f"non-finite scores for {bad[:3]}; they cannot be ranked (re-probe in fp32/bf16)")
-    if isinstance(cost_weight, bool) or not isinstance(cost_weight, numbers.Real) or not cost_weight >= 0:
-        raise SelectionError(f"cost_weight must be a number >= 0 (0: plain top-k), got {cost_weight!r}")
+    check_cost_weight(cost_weight, error=SelectionError)
     if cost_weight > 0:
         return cost_aware(layers, top_k=top_k, budget=budget, cost_weight=float(cost_weight))
     return _prefix(layers, top_k, budget, sum(int(r["num_params"]) for r in layers) if budget is not None else 0)
@@ -177,16 +145,15 @@ def select(model: nn.Module, batch: Mapping, config):
         >>> cfg = zest_hf.select(model, batch, cfg)           # doctest: +SKIP
         >>> peft_model = peft.get_peft_model(model, cfg)   # doctest: +SKIP
     """
-    from . import __version__
-    from .heads import find_head
+    from ._version import __version__
     from .loss import check_batch
     from .rank import rank
-    from .targets import _unwrap, find_targets
+    from .modeling import base_model, find_head
+    from .targets import find_targets
 
     if config.is_resolved:
         return config
-    get_base = getattr(model, "get_base_model", None)
-    base = _unwrap(get_base() if callable(get_base) else model)
+    base = base_model(model)
     targets = find_targets(base, config.candidates, config.exclude_modules)
     check_size(config.top_k, config.budget, len(targets))
     head = list(config.modules_to_save) if config.modules_to_save is not None else find_head(base)

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from .errors import NoTargetsError
+from .modeling import unwrap_parallel
 
 __all__ = ["Target", "find_targets", "CANONICAL_TYPES", "NoTargetsError"]
 
@@ -58,9 +60,6 @@ _COMPILED_RULES = tuple((re.compile(p, re.IGNORECASE), t) for p, t in _TYPE_RULE
 # A block is the prefix of a module name up to its first purely numeric component: ``model.layers.3``.
 _BLOCK_RE = re.compile(r"^(?P<prefix>(?:[^.]+\.)*?[^.]+)\.(?P<index>\d+)(?:\.|$)")
 
-
-class NoTargetsError(ValueError):
-    """Raised when a model has no candidate projection; the message says how to pass a pattern."""
 
 
 @dataclass
@@ -126,16 +125,6 @@ def canonical_type(suffix: str) -> str | None:
     return None
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP / accelerate wrappers keep the real model in ``.module``; names must not carry the ``module.`` prefix.
-    while hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module) and type(model).__name__ in (
-        "DistributedDataParallel",
-        "DataParallel",
-    ):
-        model = model.module
-    return model
-
-
 def find_targets(
     model: nn.Module,
     target_modules: str | Sequence[str] | None = None,
@@ -167,7 +156,7 @@ def find_targets(
         >>> [(t.type, t.block) for t in targets][:3]
         [('q', 0), ('k', 0), ('v', 0)]
     """
-    model = _unwrap(model)
+    model = unwrap_parallel(model)
     linear: list[tuple[str, nn.Module]] = [(n, m) for n, m in model.named_modules() if _is_projection(m)]
 
     rows: list[tuple[str, nn.Module, str, tuple[str, int], str]] = []

@@ -18,7 +18,8 @@ from typing import Optional, Union
 from peft import LoraConfig, PeftConfig
 
 from ..hub import DEFAULT_PREDICTOR
-from ..selection import SelectionError, check_size
+from ..errors import SelectionError, ZestNotSelectedError
+from ..validation import check_cost_weight, check_int, check_real, check_size
 
 __all__ = ["ZestConfig", "ZestLoraConfig", "PEFT_TYPE", "PREFIX", "MODES", "SELECTION_FILE", "ZestNotSelectedError"]
 
@@ -48,9 +49,6 @@ class ZestPeftType(str):
 
 PEFT_TYPE = ZestPeftType("ZEST")
 
-
-class ZestNotSelectedError(SelectionError):
-    """A ZestConfig without a selection was asked to build a model; the message says how to resolve it."""
 
 
 @dataclass
@@ -177,18 +175,11 @@ class ZestConfig(PeftConfig):
                 f"predictor must be a name, a directory or 'metric:<column>', got {type(self.predictor).__name__}; "
                 "save a ZestPredictor object with .save_pretrained(dir) and pass the directory"
             )
-        if isinstance(self.cost_weight, bool) or not isinstance(self.cost_weight, (int, float)) or not (
-                self.cost_weight >= 0):
-            raise ValueError(f"cost_weight must be a number >= 0 (0: plain top-k), got {self.cost_weight!r}")
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"r must be an integer >= 1, got {self.r!r}")
-        if not self.lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        size = self.probe_batch_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"probe_batch_size must be an integer >= 1, got {self.probe_batch_size!r}")
+        check_cost_weight(self.cost_weight, error=ValueError)
+        check_int("r", self.r)
+        check_real("lora_alpha", self.lora_alpha, low=0, low_open=True)
+        check_real("lora_dropout", self.lora_dropout, low=0, high=1, high_open=True)
+        check_int("probe_batch_size", self.probe_batch_size, optional=True)
         if self.modules_to_save is not None:
             self.modules_to_save = [self.modules_to_save] if isinstance(self.modules_to_save, str) else list(
                 self.modules_to_save)

@@ -21,15 +21,13 @@ from typing import Optional
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
+from ..errors import ZestAdapterError
 
 __all__ = ["ZestLayer", "ZestAdapterError", "ZEST_ATTR"]
 
 #: Attribute of a ZestLayer under which the selected projection's own parameters are trained and saved.
 ZEST_ATTR = "zest_layer"
 
-
-class ZestAdapterError(RuntimeError):
-    """An adapter operation that full-mode ZEST cannot do because it trains the base weights in place."""
 
 
 class ZestLayer(nn.Module, BaseTunerLayer):

@@ -15,10 +15,11 @@ from __future__ import annotations
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from ..selection import SelectionError
+from ..errors import SelectionError
 from ..targets import _is_projection
 from .config import PREFIX, ZestConfig
 from .layer import ZEST_ATTR, ZestLayer
+from ..modeling import peft_base
 
 __all__ = ["ZestModel", "check_modules"]
 
@@ -26,8 +27,7 @@ __all__ = ["ZestModel", "check_modules"]
 def check_modules(model: nn.Module, config: ZestConfig) -> None:
     """Raise unless ``config`` is resolved and every selected module is a projection of ``model``. Changes nothing."""
     config.require_resolved()
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else model
+    base = peft_base(model)
     modules = dict(base.named_modules())
     missing = [n for n in config.selected_modules if n not in modules]
     if missing:

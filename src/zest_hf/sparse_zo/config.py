@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Union
 
+from ..validation import check_int, check_real
+
 __all__ = ["SparseZOConfig"]
 
 QUANT_TYPES = ("nf4", "fp4")
@@ -56,17 +58,16 @@ class SparseZOConfig:
     mask_info: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if not (isinstance(self.percent, (int, float)) and 0 < self.percent <= 100):
-            raise ValueError(f"percent must be in (0, 100] (a share of the candidate coordinates, in percent), "
-                             f"got {self.percent!r}; the method's default is 0.1")
-        if self.mask_batches < 1:
-            raise ValueError(f"mask_batches must be >= 1, got {self.mask_batches}")
+        check_real("percent", self.percent, low=0, high=100, low_open=True,
+                   hint=" (a share of the candidate coordinates, in percent; the method's default is 0.1)")
+        check_int("mask_batches", self.mask_batches)
         if self.quantize is not None and self.quantize not in QUANT_TYPES:
             raise ValueError(f"quantize must be one of {QUANT_TYPES} or None, got {self.quantize!r}")
-        if self.zest_top_k is not None and self.zest_top_k < 1:
-            raise ValueError(f"zest_top_k must be >= 1 (or None for no restriction), got {self.zest_top_k}")
-        if not self.eps > 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
+        check_int("zest_top_k", self.zest_top_k, optional=True, hint=" (or None for no restriction)")
+        check_int("blocksize", self.blocksize, hint=" (bitsandbytes' 4-bit block size; 64 is its default)")
+        check_real("eps", self.eps, low=0, low_open=True)
+        check_real("weight_decay", self.weight_decay, low=0)
+        check_int("zo_seed", self.zo_seed, minimum=0)
 
     def to_dict(self) -> dict:
         return asdict(self)

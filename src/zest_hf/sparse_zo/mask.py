@@ -96,7 +96,8 @@ def sensitive_mask(
     from tqdm.auto import tqdm
 
     from ..loss import check_batch, model_loss, prepare_batch
-    from ..probe import NonFiniteError, _device_of
+    from ..errors import NonFiniteError
+    from ..modeling import device_of
     from ..targets import find_targets
 
     if not (isinstance(percent, (int, float)) and 0 < percent <= 100):
@@ -112,7 +113,7 @@ def sensitive_mask(
     weights = {t.name: t.module.weight for t in targets}
     total = sum(w.numel() for w in weights.values())
     k = max(1, math.ceil(total * percent / 100))
-    device = _device_of(model)
+    device = device_of(model)
 
     params = list(model.parameters())
     saved_flags = [p.requires_grad for p in params]

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import datasets
 import numpy as np
+from ..errors import MissingDataPackageError
 
 __all__ = [
     "Task",
@@ -67,9 +68,6 @@ TRAINING_TASKS: tuple[str, ...] = (
 
 BIGBENCH_PREFIX = "bigbench:"
 
-
-class MissingDataPackageError(ImportError):
-    """A task's data comes from a pip package that is not installed. The message holds the pip command."""
 
 
 def package_dir(module: str, pip_command: str, what: str) -> Path:

@@ -21,6 +21,7 @@ import datasets
 import numpy as np
 import torch
 
+from ..modeling import device_of, head_kind, peft_base
 from .base import SPLITS, Task, as_multiple_choice
 
 __all__ = [
@@ -53,17 +54,7 @@ def model_kind(model) -> str:
     Raises:
         ValueError: the model has another head (e.g. a bare ``BertModel`` or a masked-LM head).
     """
-    get_base = getattr(model, "get_base_model", None)  # peft.PeftModel wraps the transformers model
-    base = get_base() if callable(get_base) else model
-    name = type(base).__name__
-    if name.endswith("ForSequenceClassification"):
-        return "seq_cls"
-    if name.endswith("ForMultipleChoice"):
-        return "multiple_choice"
-    if name.endswith(("ForCausalLM", "LMHeadModel")):
-        return "causal_lm"
-    raise ValueError(f"unsupported model class {name}: zest_hf tasks need a ...ForSequenceClassification, "
-                     "...ForMultipleChoice or ...ForCausalLM model (load one with the matching AutoModelFor* class)")
+    return head_kind(model)
 
 
 def _kind(kind) -> str:
@@ -323,19 +314,11 @@ def make_batch(task, tokenizer, *, model_kind, batch_size: int = 16, max_length:
 
 # --------------------------------------------------------------------------------------------------------- scoring
 
-def _device_of(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _accepts_logits_to_keep(model) -> bool:
     """Whether the (PEFT-unwrapped) model's forward takes ``logits_to_keep`` (recent transformers decoders do)."""
     import inspect
 
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else model
+    base = peft_base(model)
     try:
         return "logits_to_keep" in inspect.signature(base.forward).parameters
     except (TypeError, ValueError):
@@ -481,7 +464,7 @@ def score_choices(model, tokenizer, task_split, *, max_length: int = 128, batch_
     """
     plan = plan_choices(model, tokenizer, task_split, max_length=max_length, batch_size=batch_size, split=split,
                         answer_cue=answer_cue)
-    device = _device_of(model)
+    device = device_of(model)
     totals = plan.totals()
     was_training = model.training
     model.eval()

@@ -1,0 +1,98 @@
+"""What zest_hf needs to know about a model: the module inside its wrappers, its device, and what head it has.
+
+A leaf: it imports torch only, so every stage (targets, probe, selection, apply, train, tasks) shares one answer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["peft_base", "unwrap_parallel", "base_model", "device_of", "is_causal_lm", "is_causal_lm_class",
+           "head_kind", "find_head", "HEAD_NAMES", "HEAD_KINDS"]
+
+# Class-name suffixes of transformers' language-model heads (Llama's ...ForCausalLM, GPT-2's ...LMHeadModel).
+# Matched by name so that any architecture, also one transformers added after this release, is recognised.
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+#: Direct children of a transformers task model that form its task head (peft's ``modules_to_save`` defaults use the
+#: same names: "classifier" and "score").
+HEAD_NAMES = ("pre_classifier", "classifier", "score", "qa_outputs")
+
+#: The kinds of task model zest_hf's tasks can feed, by :func:`head_kind`.
+HEAD_KINDS = ("seq_cls", "multiple_choice", "causal_lm")
+
+
+def peft_base(model: nn.Module) -> nn.Module:
+    """The transformers model inside a ``peft.PeftModel`` (``model`` itself otherwise)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The model inside DDP / DataParallel wrappers: module names must not carry their ``module.`` prefix."""
+    while isinstance(getattr(model, "module", None), nn.Module) and type(model).__name__ in (
+            "DistributedDataParallel", "DataParallel"):
+        model = model.module
+    return model
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside every wrapper zest_hf meets (DDP, then peft)."""
+    return unwrap_parallel(peft_base(unwrap_parallel(model)))
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (CPU for a model without parameters)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def is_causal_lm_class(class_name: str) -> bool:
+    """True for the class name of a language-model head (``LlamaForCausalLM``, ``GPT2LMHeadModel``...)."""
+    return class_name.endswith(_CAUSAL_SUFFIXES)
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """True for a language-model head whose loss can be built from the inputs themselves (wrappers looked through)."""
+    return is_causal_lm_class(type(base_model(model)).__name__)
+
+
+def head_kind(model: nn.Module) -> str:
+    """``"seq_cls"``, ``"multiple_choice"`` or ``"causal_lm"`` from the model's class name (wrappers looked through).
+
+    Raises:
+        ValueError: the model has another head (e.g. a bare ``BertModel`` or a masked-LM head).
+    """
+    name = type(base_model(model)).__name__
+    if name.endswith("ForSequenceClassification"):
+        return "seq_cls"
+    if name.endswith("ForMultipleChoice"):
+        return "multiple_choice"
+    if is_causal_lm_class(name):
+        return "causal_lm"
+    raise ValueError(f"unsupported model class {name}: zest_hf tasks need a ...ForSequenceClassification, "
+                     "...ForMultipleChoice or ...ForCausalLM model (load one with the matching AutoModelFor* class)")
+
+
+def find_head(model: nn.Module) -> list[str]:
+    """Module names of the task head, e.g. ``["classifier"]`` for BERT, ``["score"]`` for Llama classifiers.
+
+    A causal LM has no separate head: its ``lm_head`` is usually tied to the input embeddings, so training it would
+    train the embeddings too. It returns ``[]``.
+
+    Raises:
+        ValueError: a model that is neither a causal LM nor has a recognisable head; pass the head's names yourself.
+    """
+    base = peft_base(model)
+    names = [n for n, _ in base.named_children() if n in HEAD_NAMES]
+    if names:
+        return names
+    cls = type(base).__name__
+    if is_causal_lm_class(cls):
+        return []
+    raise ValueError(
+        f"cannot tell which modules of {cls} form its task head (looked for children named {HEAD_NAMES}); "
+        "pass them explicitly (modules_to_save=[...])."
+    )

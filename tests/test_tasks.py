@@ -461,7 +461,7 @@ def test_score_choices_matches_hand_computed_log_probs():
                          + ["Answer", ":"])
     split = mc_split(texts, choices, [0, 0, 0])
     model = tiny_llama()
-    from zest_hf.tasks.tokenize import _accepts_logits_to_keep
+    from zest_hf.tasks.scoring import _accepts_logits_to_keep
 
     assert _accepts_logits_to_keep(model)  # this test covers the logits_to_keep path; the oracle test the other
     out = score_choices(model, tok, split, batch_size=4)  # 9 sequences of different lengths: padding in batches

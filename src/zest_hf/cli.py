@@ -27,7 +27,7 @@ def _add_model_task(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_probe(args) -> int:
-    from . import probe
+    from .probe.run import probe
     from .plot import layer_heatmap
     from .workflow import prepare
 
@@ -41,15 +41,16 @@ def _cmd_probe(args) -> int:
         print(f"--rank-by {args.rank_by!r} is not a probed column; columns: {result.columns}", file=sys.stderr)
         return 2
     order = result.ranking(args.rank_by)
-    df = result.to_pandas().set_index("name").loc[order].reset_index()
-    df.insert(0, "rank", range(1, len(df) + 1))
-    show = ["rank", "name", "type", "block", args.rank_by] + [c for c in ("snip", "fisher", "act_abs_mean")
-                                                              if c in df and c != args.rank_by]
+    show = [args.rank_by] + [c for c in ("snip", "fisher", "act_abs_mean") if c in result.values and c != args.rank_by]
+    row_of = {r["name"]: i for i, r in enumerate(result.layers)}
+    table = [[str(rank), name, str(result.layers[row_of[name]]["type"]), str(result.layers[row_of[name]]["block"])]
+             + [f"{result.values[c][row_of[name]]:.4g}" for c in show]
+             for rank, name in enumerate(order[: args.top], start=1)]
     loss = result.meta["loss"]
     print(f"# {len(result)} layers of {args.model} on {prep.task.name}, ranked by {args.rank_by} "
           f"(batch {list(prep.batch['input_ids'].shape)}, seed {args.seed}"
           + (f", loss {loss:.4f})" if loss is not None else ")"))
-    print(df[show].head(args.top).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(_table(["rank", "name", "type", "block"] + show, table))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         result.to_json(args.out)
@@ -62,8 +63,14 @@ def _cmd_probe(args) -> int:
     return 0
 
 
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """Right-aligned plain-text columns (numbers line up), one line per row."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    return "\n".join(" ".join(str(x).rjust(w) for x, w in zip(line, widths)) for line in [header, *rows])
+
+
 def _cmd_contrib(args) -> int:
-    from .contrib import ContribBudget, collect_contributions
+    from .research.contrib import ContribBudget, collect_contributions
 
     budget = ContribBudget(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
                            lr_layer=args.lr_layer, lr_head=args.lr_head, eval_examples=args.eval_examples)
@@ -83,7 +90,7 @@ def _cmd_contrib(args) -> int:
 
 def _cmd_rank(args) -> int:
     from .plot import layer_heatmap
-    from .rank import rank
+    from .selection.rank import rank
     from .workflow import prepare
 
     prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size, max_length=args.max_length,
@@ -107,9 +114,9 @@ def _cmd_rank(args) -> int:
 
 def _cmd_select(args) -> int:
     """Selection as its own step: for DeepSpeed ZeRO-3 / FSDP runs, where the probe cannot run on a sharded model."""
-    from . import ZestConfig, select
-    from .loss import MissingLabelsError
-    from .selection import SelectionError
+    from .peft_method.config import ZestConfig
+    from .selection.resolve import select
+    from .errors import MissingLabelsError, SelectionError
     from .targets import find_targets
     from .workflow import prepare
 
@@ -140,21 +147,22 @@ def _cmd_select(args) -> int:
 
 
 def _cmd_push(args) -> int:
-    from .hub import push_predictor
+    from .predictor.hub import push_predictor
 
     print(push_predictor(args.directory, args.repo_id, private=args.private, revision=args.revision))
     return 0
 
 
 def _cmd_train_predictor(args) -> int:
-    from .evaluation import FEATURES, load_model_tasks
-    from .hub import write_card
-    from .predictor import train_predictor
+    from .metrics import default_columns
+    from .research.evaluation import load_model_tasks
+    from .predictor.card import write_card
+    from .predictor.train import train_predictor
 
     data = load_model_tasks(args.data)
     if args.model_filter:
         data = [d for d in data if d.model == args.model_filter]
-    metrics = [] if args.prior_only else (args.metrics.split(",") if args.metrics else FEATURES)
+    metrics = [] if args.prior_only else (args.metrics.split(",") if args.metrics else default_columns())
     pred = train_predictor(data, metrics, arch=args.arch, normalization=args.normalization, steps=args.steps,
                            depth_knots=args.depth_knots, seed=args.seed)
     pred.save_pretrained(args.out)
@@ -165,7 +173,7 @@ def _cmd_train_predictor(args) -> int:
 
 
 def _cmd_evaluate_predictor(args) -> int:
-    from .evaluation import run_evaluation, run_learning_curve
+    from .research.evaluation import run_evaluation, run_learning_curve
 
     if args.learning_curve:
         run_learning_curve(args.data, args.out_dir, seed=args.seed)
@@ -177,7 +185,7 @@ def _cmd_evaluate_predictor(args) -> int:
 
 
 def _cmd_study(args) -> int:
-    from .study import run_study
+    from .research.study import run_study
 
     res = run_study(args.data, args.out_dir)
     print(res["markdown"])

@@ -65,11 +65,13 @@ def run_demo(out_dir: str | Path = "out/demo", config: DemoConfig | None = None)
     import transformers
     from peft import PeftModel
 
-    from . import ZestConfig, probe, select
-    from .finetune import accuracy_metric, predict_labels, trainable_params
+    from .peft_method.config import ZestConfig
+    from .probe.run import probe
+    from .selection.resolve import select
+    from .train.finetune import accuracy_metric, predict_labels, trainable_params
     from .models import load_model
     from .plot import layer_heatmap
-    from .rank import rank_probe
+    from .selection.rank import rank_probe
     from .tasks import collator_for, load_task, tokenize_split
     from .workflow import prepare
 

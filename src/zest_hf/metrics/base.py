@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ActStats", "Metric", "register_metric", "METRICS", "SOURCES", "resolve_metrics"]
+__all__ = ["ActStats", "Metric", "register_metric", "METRICS", "SOURCES", "resolve_metrics", "default_columns"]
 
 SOURCES = ("weight", "forward", "grad", "fisher", "hessian", "synflow")
 
@@ -139,6 +139,11 @@ def resolve_metrics(metrics) -> list[Metric]:
                 names.append(name)
     order = list(METRICS)
     return [METRICS[n] for n in sorted(names, key=order.index)]
+
+
+def default_columns() -> list[str]:
+    """Every column the default probe produces, in table order: what a predictor reads unless told otherwise."""
+    return [c for m in resolve_metrics("default") for c in m.columns]
 
 
 def total(x: torch.Tensor) -> float:

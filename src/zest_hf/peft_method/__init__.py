@@ -4,7 +4,8 @@ One folder, as peft's own tuners: ``config.py`` (what to select and how to train
 projection, trained in place), ``model.py`` (walks the model, wraps the selection, saves and loads it).
 
 peft's ``PeftType`` enum is closed to other packages (``register_peft_method`` refuses unknown names), so
-:func:`register` adds ``"ZEST"`` to the dicts peft looks methods up in. ``import zest_hf`` calls it.
+:func:`register` adds ``"ZEST"`` to the dicts peft looks methods up in. Importing this package calls it, and
+``import zest_hf`` makes sure this package is imported as soon as peft is (``zest_hf._hooks``).
 """
 
 from __future__ import annotations
@@ -64,3 +65,6 @@ def register() -> list[str]:
         warnings.warn(f"peft {peft.__version__} has no method registry zest_hf knows: ZestConfig will not work with "
                       "get_peft_model / PeftModel.from_pretrained", RuntimeWarning, stacklevel=2)
     return done
+
+
+register()

@@ -17,7 +17,7 @@ from typing import Optional, Union
 
 from peft import LoraConfig, PeftConfig
 
-from ..hub import DEFAULT_PREDICTOR
+from ..defaults import DEFAULT_PREDICTOR
 from ..errors import SelectionError, ZestNotSelectedError
 from ..validation import check_cost_weight, check_int, check_real, check_size
 

@@ -95,13 +95,14 @@ def sensitive_mask(
     """
     from tqdm.auto import tqdm
 
-    from ..loss import check_batch, model_loss, prepare_batch
     from ..errors import NonFiniteError
     from ..modeling import device_of
+    from ..probe.batch import check_batch, model_loss, prepare_batch
+    from ..probe.state import borrowed
     from ..targets import find_targets
+    from ..validation import check_real
 
-    if not (isinstance(percent, (int, float)) and 0 < percent <= 100):
-        raise ValueError(f"percent must be in (0, 100], got {percent!r}")
+    check_real("percent", percent, low=0, high=100, low_open=True)
     targets = find_targets(model, target_modules)
     if layers is not None:
         wanted = set(layers)
@@ -115,23 +116,14 @@ def sensitive_mask(
     k = max(1, math.ceil(total * percent / 100))
     device = device_of(model)
 
-    params = list(model.parameters())
-    saved_flags = [p.requires_grad for p in params]
-    saved_grads = [p.grad for p in params]
-    was_training = model.training
     sums = {n: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for n, w in weights.items()}
-    hooks = []
     n_batches = 0
-    try:
-        for p in params:
-            p.requires_grad_(False)
-            p.grad = None
+    # eval mode: no dropout, so the estimate does not depend on a random mask of activations
+    with borrowed(model, weights.values(), train_mode=False) as session:
         for name, w in weights.items():
-            w.requires_grad_(True)
             # Square into the running sum as soon as a gradient lands, and drop it: never a full grad buffer
             # per layer on top of the sum.
-            hooks.append(w.register_post_accumulate_grad_hook(_square_into(sums[name])))
-        model.eval()  # no dropout: the estimate should not depend on a random mask of activations
+            session.handles.append(w.register_post_accumulate_grad_hook(_square_into(sums[name])))
         bar = tqdm(batches, total=max_batches, desc="sensitive mask", unit="batch", disable=not progress)
         for batch in bar:
             if max_batches is not None and n_batches >= max_batches:
@@ -151,13 +143,6 @@ def sensitive_mask(
             raise NonFiniteError(f"non-finite squared gradients in {bad[:3]}{'...' if len(bad) > 3 else ''}; "
                                  "the mask would be meaningless. Check for overflow (fp16) or bad inputs.")
         indices = _global_top_k(sums, k)
-    finally:
-        for h in hooks:
-            h.remove()
-        for p, flag, g in zip(params, saved_flags, saved_grads):
-            p.requires_grad_(flag)
-            p.grad = g
-        model.train(was_training)
     shapes = {n: tuple(w.shape) for n, w in weights.items()}
     info = {"num_batches": n_batches, "candidate_coordinates": total, "selected": k,
             "layers_with_coordinates": sum(1 for i in indices.values() if i.numel())}

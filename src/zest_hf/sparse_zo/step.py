@@ -63,7 +63,7 @@ def zo_step(
 
     Raises ``NonFiniteError`` (and leaves ``params`` restored, un-updated) if either loss is not finite.
     """
-    from ..probe import NonFiniteError
+    from ..errors import NonFiniteError
 
     if restore not in ("copy", "mezo"):
         raise ValueError(f"restore must be 'copy' or 'mezo', got {restore!r}")

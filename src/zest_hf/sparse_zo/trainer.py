@@ -83,7 +83,7 @@ class ZOTrainer(transformers.Trainer):
         layers = None
         if cfg.zest_top_k is not None:
             from ..peft_method import ZestConfig
-            from ..selection import select
+            from ..selection.resolve import select
 
             zcfg = select(self.model, batches[0], ZestConfig(top_k=cfg.zest_top_k, predictor=cfg.predictor,
                                                              candidates=cfg.target_modules,

@@ -21,22 +21,21 @@ from .base import (
     register_task,
     split_indices,
 )
-from .bigbench import bigbench_root, list_bigbench_tasks
+from . import bbc, twitter  # noqa: F401  (the built-in loaders register themselves with .base)
+from .bigbench import bigbench_root
 from .tokenize import (
     DEFAULT_ANSWER_CUE,
     MODEL_KINDS,
-    ChoicePlan,
     causal_prompt,
     collator_for,
     encode_causal,
     make_batch,
     model_kind,
-    plan_choices,
     prepare_tokenizer,
-    score_choices,
     tokenize_split,
     tokenize_task,
 )
+from .scoring import ChoicePlan, plan_choices, score_choices
 
 __all__ = [
     "ChoicePlan",
@@ -52,7 +51,6 @@ __all__ = [
     "causal_prompt",
     "collator_for",
     "encode_causal",
-    "list_bigbench_tasks",
     "list_tasks",
     "load_task",
     "make_batch",

@@ -160,19 +160,12 @@ def register_task(name: str, loader: Loader, aliases: Sequence[str] = ()) -> Non
         _ALIASES[alias.lower()] = name
 
 
-def _ensure_builtins() -> None:
-    # Imported lazily: the loader modules import this one.
-    if not _LOADERS:
-        from . import bbc, twitter  # noqa: F401  (they register themselves)
-
-
 def list_tasks() -> list[str]:
     """Names :func:`load_task` knows: the built-in tasks, then the BIG-bench tasks of :data:`TRAINING_TASKS`.
 
     Any other ``"bigbench:<task>"`` (e.g. ``"bigbench:multiemo/all_sentence_fr"``) works too, as long as the
     task has a ``task.json`` with ``target_scores``.
     """
-    _ensure_builtins()
     return list(_LOADERS) + [t for t in TRAINING_TASKS if t.startswith(BIGBENCH_PREFIX)]
 
 
@@ -186,7 +179,6 @@ def _valid_names_message() -> str:
 
 def _resolve(name: str) -> tuple[str, Loader, dict]:
     """Canonical name, loader and loader kwargs for a user-given task name."""
-    _ensure_builtins()
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"task name must be a non-empty string, got {name!r}. Valid: {_valid_names_message()}")
     key = name.strip()

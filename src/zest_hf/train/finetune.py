@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modeling import device_of, find_head
+
 __all__ = ["trainable_params", "freeze_all_but_head", "predict_labels", "accuracy_metric"]
 
 
@@ -22,8 +24,6 @@ def trainable_params(model: nn.Module) -> int:
 def freeze_all_but_head(model: nn.Module) -> list[str]:
     """Head-only training: the task head (the modules ZEST trains besides its selection) is all that trains.
     Returns the head's top-level module names."""
-    from .modeling import device_of, find_head
-
     head = find_head(model)
     for name, p in model.named_parameters():
         p.requires_grad = name.split(".")[0] in head

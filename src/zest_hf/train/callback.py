@@ -29,10 +29,10 @@ import warnings
 import torch
 from transformers import TrainerCallback
 
-from .peft_method import ZestConfig, check_modules
-from .selection import SelectionError, select
-from .errors import ZestTrainerError
-from .modeling import peft_base
+from ..peft_method import ZestConfig, check_modules
+from ..selection.resolve import select
+from ..errors import SelectionError, ZestTrainerError
+from ..modeling import peft_base
 
 __all__ = ["ZestCallback", "prepare_trainer", "ZestTrainerError"]
 

@@ -10,7 +10,7 @@ Protocol (every figure in ``predictors/data`` follows it; the budget is stored o
 * AdamW, constant learning rates (``lr_layer`` for the layer's weight and bias, ``lr_head`` for the head), no weight
   decay, dropout off (the model stays in eval mode: runs are deterministic, and cached block inputs are exact);
 * block inputs below the trained layer do not change, so they are computed once per block and reused
-  (:class:`zest_hf.blocks.BlockRunner`);
+  (:class:`zest_hf.research.blocks.BlockRunner`);
 * ``score`` = validation accuracy (the paper's contribution score; higher = fine-tuning the layer helps more);
   ``val_loss`` is kept beside it.
 
@@ -37,14 +37,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..modeling import device_of, find_head
+from ..targets import find_targets
+from ..validation import check_int, check_real
 from .blocks import BlockRunner
-from .modeling import device_of, find_head
-from .validation import check_int, check_real
-from .targets import find_targets
+from .records import HEAD_ONLY, open_for_append, read_jsonl, task_slug
 
 __all__ = ["ContribBudget", "ContribSetup", "setup_contributions", "collect_contributions", "read_jsonl", "HEAD_ONLY", "task_slug"]
 
-HEAD_ONLY = "__head__"
 
 
 @dataclass(frozen=True)
@@ -77,39 +77,6 @@ class ContribBudget:
             check_int(f"budget.{name}", getattr(self, name))
         for name in ("lr_layer", "lr_head", "max_epochs"):
             check_real(f"budget.{name}", getattr(self, name), low=0, low_open=True)
-
-
-def task_slug(task: str) -> str:
-    """A file-name-safe form of a task name: ``bigbench:cs_algorithms/valid_parentheses`` ->
-    ``bigbench-cs_algorithms-valid_parentheses``."""
-    return task.replace(":", "-").replace("/", "-")
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """All complete lines of a JSONL file (a torn last line, from a killed run, is ignored)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def _open_for_append(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):  # a torn line from a killed run: drop it
-            cut = data.rfind(b"\n") + 1
-            path.write_bytes(data[:cut])
-    return path.open("a")
 
 
 @dataclass
@@ -193,9 +160,9 @@ def setup_contributions(
     arguments). Every check that can fail runs here, before any training."""
     import transformers
 
-    from .models import load_model
-    from .tasks import collator_for, load_task, plan_choices, prepare_tokenizer, tokenize_split
-    from .workflow import choose_head
+    from ..models import load_model
+    from ..tasks import collator_for, load_task, plan_choices, prepare_tokenizer, tokenize_split
+    from ..workflow import choose_head
 
     budget = budget or ContribBudget()
     budget.validate()
@@ -324,7 +291,7 @@ def collect_contributions(
         by_block.setdefault(last, [])
     bar = tqdm(total=len(todo) + int(run_head), desc=f"contrib {label} {task_full} s{seed}", unit="layer",
                disable=not progress)
-    with _open_for_append(out) as fh:
+    with open_for_append(out) as fh:
         for b in sorted(by_block):
             caches = setup.caches(b)
             for t in list(by_block[b]) + ([None] if run_head and b == last else []):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .targets import Target
+from ..targets import Target
 
 __all__ = ["BlockRunner"]
 

@@ -24,23 +24,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .contrib import HEAD_ONLY
-from .predictor import ModelTask, top_k_precision, train_predictor
-from .probe import ProbeResult
+from ..metrics import default_columns
+from ..predictor.train import ModelTask, top_k_precision, train_predictor
+from ..probe import ProbeResult
+from .records import HEAD_ONLY
 from .study import kendall, load_ground_truth, load_probe, noise_ceilings
 
 __all__ = ["load_model_tasks", "FEATURES", "Variant", "best_single_metric", "evaluate", "run_evaluation",
            "run_learning_curve"]
 
 #: The probe columns a predictor reads by default: everything the default probe (all but grasp) produces.
-FEATURES = [
-    "weight_mean", "weight_std", "weight_abs_mean",
-    "act_mean", "act_std", "act_abs_mean", "act_abs_std",
-    "grad_mean", "grad_std", "grad_abs_mean", "grad_abs_std",
-    "grad_norm", "grad_norm_mean", "rgn",
-    "plain", "plain_mean", "snip", "snip_mean",
-    "fisher", "fisher_mean", "synflow", "synflow_mean",
-]
+FEATURES = default_columns()
 
 
 @dataclass(frozen=True)

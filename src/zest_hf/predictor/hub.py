@@ -15,12 +15,14 @@ import os
 import re
 from pathlib import Path
 
-from .predictor import PredictorError, ZestPredictor
-from .errors import PredictorNotFoundError
+from ..defaults import DEFAULT_PREDICTOR
+from ..errors import PredictorNotFoundError
+from .card import write_card
+from .model import ZestPredictor
 
-__all__ = ["load_predictor", "bundled_predictors", "push_predictor", "DEFAULT_PREDICTOR", "PredictorNotFoundError"]
+__all__ = ["load_predictor", "bundled_predictors", "push_predictor", "write_card", "DEFAULT_PREDICTOR",
+           "PredictorNotFoundError"]
 
-DEFAULT_PREDICTOR = "zest-universal"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -29,8 +31,8 @@ def _bundled_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("ZEST_HF_PREDICTORS"):
         dirs += [Path(p) for p in os.environ["ZEST_HF_PREDICTORS"].split(os.pathsep) if p]
-    here = Path(__file__).resolve()
-    dirs += [here.parent / "_predictors", here.parents[2] / "predictors"]  # wheel data, then a source checkout
+    package = Path(__file__).resolve().parents[1]  # .../zest_hf
+    dirs += [package / "_predictors", package.parents[1] / "predictors"]  # wheel data, then a source checkout
     return [d for d in dirs if d.is_dir()]
 
 
@@ -100,43 +102,3 @@ def push_predictor(directory: str | os.PathLike, repo_id: str, *, private: bool 
     info = api.upload_folder(folder_path=str(path), repo_id=repo_id, revision=revision,
                              allow_patterns=["config.json", "model.safetensors", "README.md"])
     return str(getattr(info, "commit_url", info))
-
-
-def write_card(directory: str | os.PathLike, predictor: ZestPredictor, *, held_out: str = "", notes: str = "") -> Path:
-    """Replace the mixin's generic README.md with a model card that says what the predictor is and how it scores."""
-    from ._version import __version__
-
-    tasks = predictor.trained_on.get("model_tasks", [])
-    card = f"""---
-library_name: zest_hf
-license: apache-2.0
-tags: [zest, sparse-fine-tuning, layer-selection]
----
-
-# ZEST predictor
-
-Ranks the linear projections of a transformer by how much fine-tuning each alone would help, from one-batch
-zero-shot metrics (zest_hf >= {predictor.zest_hf_version}; written by zest_hf {__version__}).
-
-```python
-import zest_hf
-ranking = zest_hf.rank(model, batch, predictor="<this repo id or directory>")
-```
-
-- Architecture: `{predictor.arch}`{f' (hidden {predictor.hidden})' if predictor.arch == 'mlp' else ' (one weight per feature)'}, features normalised per model-task by
-  `{predictor.normalization}`, data-free prior features: {predictor.prior}{f' (with {predictor.depth_knots} depth knots)' if predictor.depth_knots > 1 else ''}.
-- Metric set (probe columns): {", ".join(predictor.metrics) or "none (data-free prior)"}.
-- Trained with RankNet's pairwise logistic loss on pairs of layers from the same model-task, seed
-  {predictor.trained_on.get("seed")}, {predictor.trained_on.get("steps")} steps.
-- Training data ({len(tasks)} model-tasks): {", ".join(tasks)}. Ground truth: validation accuracy after fine-tuning
-  one layer + head (see zest_hf's predictors/data/README.md).
-
-## Held-out figures
-
-{held_out or "(not evaluated)"}
-
-{notes}
-"""
-    path = Path(directory) / "README.md"
-    path.write_text(card)
-    return path

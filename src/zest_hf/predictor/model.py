@@ -24,23 +24,22 @@ huggingface_hub's ``PyTorchModelHubMixin``; loading is strict and never unpickle
 
 from __future__ import annotations
 
-import contextlib
-import io
-
-import math
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ._version import __version__
-from .errors import PredictorError
+from .._version import __version__
+from ..errors import PredictorError
+from .card import CARD_TEMPLATE
 
-__all__ = ["ZestPredictor", "PredictorError", "layer_features", "TYPE_SLOTS", "train_predictor", "ModelTask"]
+__all__ = ["ZestPredictor", "PredictorError", "layer_features", "TYPE_SLOTS", "WEIGHTS_FILE"]
 
+#: The one weights file a predictor has (huggingface_hub's name for it).
+WEIGHTS_FILE = "model.safetensors"
 #: One-hot slots of the canonical types, and how fused types spread over them.
 TYPE_SLOTS = ("q", "k", "v", "o", "gate", "up", "down")
 _FUSED = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
@@ -60,11 +59,15 @@ def _release(version: str) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------------------------ features
 def _rank01(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
+    """Percentile ranks in [0, 1], ties given their average rank (``scipy.stats.rankdata(x, "average")``, rescaled)."""
+    x = np.asarray(x, dtype=float)
     if len(x) < 2:
         return np.full(len(x), 0.5)
-    return (rankdata(x, method="average") - 1) / (len(x) - 1)
+    if np.isnan(x).any():
+        return np.full(len(x), np.nan)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    average = np.cumsum(counts) - (counts - 1) / 2  # 1-based average rank of each distinct value
+    return (average[inverse.reshape(-1)] - 1) / (len(x) - 1)
 
 
 def _zlog(x: np.ndarray) -> np.ndarray:
@@ -117,6 +120,7 @@ class ZestPredictor(
     library_name="zest_hf",
     tags=["zest", "sparse-fine-tuning", "layer-selection"],
     license="apache-2.0",
+    model_card_template=CARD_TEMPLATE,
 ):
     """Scores layers from one-batch zero-shot metrics; higher = fine-tuning that layer is predicted to help more.
 
@@ -200,127 +204,56 @@ class ZestPredictor(
         p = next(self.parameters())
         return self(x.to(p.device, p.dtype)).float().cpu().numpy()
 
-    # ---- loading: strict, safetensors only
+    # ---- the card: huggingface_hub's documented hook, filling the template of .card
+    def generate_model_card(self, *args, held_out: str = "", notes: str = "", **kwargs):
+        tasks = self.trained_on.get("model_tasks", [])
+        return super().generate_model_card(
+            *args, min_version=self.zest_hf_version, version=__version__, arch=self.arch,
+            arch_note=f" (hidden {self.hidden})" if self.arch == "mlp" else " (one weight per feature)",
+            normalization=self.normalization, prior=self.prior,
+            knots_note=f" (with {self.depth_knots} depth knots)" if self.depth_knots > 1 else "",
+            metrics=", ".join(self.metrics) or "none (data-free prior)", seed=self.trained_on.get("seed"),
+            steps=self.trained_on.get("steps"), num_tasks=len(tasks), tasks=", ".join(tasks),
+            held_out=held_out or "(not evaluated)", notes=notes, **kwargs)
+
+    # ---- loading: huggingface_hub's documented hook, strict, safetensors only
     @classmethod
     def _from_pretrained(cls, *, model_id, revision, cache_dir, force_download, local_files_only, token,
                          map_location="cpu", strict=True, **model_kwargs):
-        # huggingface_hub print()s "Loading weights from local directory": keep stdout clean for piped CLI output.
-        with contextlib.redirect_stdout(io.StringIO()):
-            return super()._from_pretrained(model_id=model_id, revision=revision, cache_dir=cache_dir,
-                                            force_download=force_download, local_files_only=local_files_only,
-                                            token=token, map_location=map_location, strict=True, **model_kwargs)
+        """Build the predictor from its ``config.json`` (``model_kwargs``) and load ``model.safetensors``, from a
+        local directory or the Hub. Only that file is ever read: a pickled checkpoint is never loaded (it could
+        run code), and every tensor must match the config exactly."""
+        model = cls(**model_kwargs)
+        if os.path.isdir(model_id):
+            model_file = os.path.join(model_id, WEIGHTS_FILE)
+            if not os.path.isfile(model_file):
+                raise PredictorError(f"{model_id} has no {WEIGHTS_FILE}: zest_hf predictors are loaded from "
+                                     "safetensors only; a pickled checkpoint is never loaded (it could run code).")
+        else:
+            from huggingface_hub import hf_hub_download
 
-    @classmethod
-    def _load_as_pickle(cls, model, model_file, map_location, strict):
-        raise PredictorError(
-            f"{model_file}: zest_hf predictors are loaded from model.safetensors only; a pickled checkpoint is "
-            "never loaded (it could run code)."
-        )
-
-    @classmethod
-    def _load_as_safetensor(cls, model, model_file, map_location, strict):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(model_file, device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise PredictorError(f"{model_file} is not a readable safetensors file ({e}); re-download or re-save "
-                                 "the predictor") from None
-        own = model.state_dict()
-        if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
-            raise PredictorError(
-                f"{model_file} does not match its config.json (expected tensors "
-                f"{ {k: tuple(v.shape) for k, v in own.items()} }, found { {k: tuple(v.shape) for k, v in state.items()} })"
-            )
-        model.load_state_dict(state, strict=True)
-        model.eval()
-        return model
+            model_file = hf_hub_download(repo_id=model_id, filename=WEIGHTS_FILE, revision=revision,
+                                         cache_dir=cache_dir, force_download=force_download, token=token,
+                                         local_files_only=local_files_only)
+        return _load_weights(model, model_file, map_location)
 
 
-# ------------------------------------------------------------------------------------------------------ training
-@dataclass
-class ModelTask:
-    """Training material of one model-task: its features' raw inputs and ground-truth scores."""
+def _load_weights(model: "ZestPredictor", model_file: str, map_location) -> "ZestPredictor":
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    model: str
-    task: str
-    layers: list[dict]
-    values: dict[str, list[float]]
-    scores: np.ndarray  # ground truth, aligned with layers
-
-    @property
-    def key(self) -> str:
-        return f"{self.model}/{self.task}"
-
-
-def train_predictor(
-    data: Sequence[ModelTask],
-    metrics: Sequence[str],
-    *,
-    normalization: str = "rank",
-    arch: str = "mlp",
-    hidden: int = 32,
-    prior: bool = True,
-    depth_knots: int = 5,
-    steps: int = 1500,
-    batch_pairs: int = 256,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
-    tie_eps: float = 1e-9,
-) -> ZestPredictor:
-    """Fit a :class:`ZestPredictor` with RankNet's pairwise loss on within-model-task pairs (seeded, CPU, seconds)."""
-    if not data:
-        raise ValueError("no training model-tasks")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = ZestPredictor(list(metrics), normalization=normalization, arch=arch, hidden=hidden, prior=prior,
-                          depth_knots=depth_knots,
-                          trained_on={"model_tasks": [d.key for d in data], "seed": seed, "steps": steps})
-    feats = [torch.from_numpy(layer_features(d.layers, d.values, model.metrics, normalization, prior,
-                                             model.depth_knots)) for d in data]
-    pairs = []
-    for d in data:
-        s = d.scores
-        i, j = np.where(s[:, None] - s[None, :] > tie_eps)  # i better than j
-        pairs.append((i, j))
-    usable = [k for k, (i, _) in enumerate(pairs) if len(i)]
-    if not usable:
-        raise ValueError("every training model-task has all layers tied: nothing to learn from")
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    model.train()
-    # A network this small gains nothing from intra-op threads, and loses a lot when the cores are busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        _fit(model, opt, feats, pairs, usable, rng, steps, batch_pairs)
-    finally:
-        torch.set_num_threads(threads)
+        state = load_file(model_file, device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PredictorError(f"{model_file} is not a readable safetensors file ({e}); re-download or re-save "
+                             "the predictor") from None
+    own = model.state_dict()
+    if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+        raise PredictorError(
+            f"{model_file} does not match its config.json (expected tensors "
+            f"{ {k: tuple(v.shape) for k, v in own.items()} }, found { {k: tuple(v.shape) for k, v in state.items()} })"
+        )
+    model.load_state_dict(state, strict=True)
     model.eval()
     return model
 
-
-def _fit(model, opt, feats, pairs, usable, rng, steps, batch_pairs) -> None:
-    for _ in range(steps):
-        ks = rng.choice(usable, size=batch_pairs)
-        xi, xj = [], []
-        for k in np.unique(ks):
-            n = int((ks == k).sum())
-            i, j = pairs[k]
-            pick = rng.integers(0, len(i), size=n)
-            xi.append(feats[k][i[pick]])
-            xj.append(feats[k][j[pick]])
-        xi, xj = torch.cat(xi), torch.cat(xj)
-        loss = nn.functional.softplus(-(model(xi) - model(xj))).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
-def top_k_precision(pred: np.ndarray, truth: np.ndarray, k: int = 5) -> float:
-    """|top-k by prediction  intersect  top-k by ground truth| / k."""
-    k = min(k, len(pred))
-    a = set(np.argsort(-pred, kind="stable")[:k])
-    b = set(np.argsort(-truth, kind="stable")[:k])
-    return len(a & b) / k if k else math.nan

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from torch import nn
 
-from .hub import load_predictor
-from .probe import ProbeResult, probe
+from ..predictor.hub import load_predictor
+from ..probe.result import ProbeResult
+from ..probe.run import probe
 
 __all__ = ["Ranking", "rank", "rank_probe"]
 
@@ -108,7 +109,7 @@ def _rank_result_by_column(result: ProbeResult, spec: str) -> Ranking:
 
 
 def _metrics_for(columns: list[str]) -> list[str]:
-    from .metrics import METRICS
+    from ..metrics import METRICS
 
     by_column = {c: m.name for m in METRICS.values() for c in m.columns}
     unknown = [c for c in columns if c not in by_column]

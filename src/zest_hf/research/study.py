@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-from .contrib import HEAD_ONLY, read_jsonl, task_slug
-from .probe import ProbeResult
+from ..probe import ProbeResult
+from .records import HEAD_ONLY, read_jsonl, task_slug
 
 __all__ = ["load_ground_truth", "collection_status", "load_probe", "single_metric_taus", "noise_ceilings",
            "seed_noise", "head_only_gaps", "run_study"]

@@ -1,16 +1,7 @@
-"""Selection: from a ranking to the exact list of modules to train.
+"""Selection rules: from ranked rows (best first) and a requested size to the exact ``(name, score)`` pairs.
 
-Two steps, kept apart on purpose:
-
-* :func:`choose` is a pure function of the ranked rows (best first, each with ``name``, ``score``, ``num_params``)
-  and the requested size (``top_k`` or a parameter ``budget``). It returns ``[(name, score), ...]``: plain data that
-  can be written to JSON, or computed on one process and broadcast to the others, so that every process trains the
-  same layers.
-* :func:`select` runs the probe and the predictor on one batch (:func:`zest_hf.rank.rank`, which leaves the model as
-  it was) and returns a *resolved* :class:`~zest_hf.peft_method.ZestConfig`: the same config with
-  ``selected_modules``, ``selection_scores`` and ``modules_to_save`` filled in. A resolved config never probes again.
-
-Every check that can fail (sizes, candidates, head, labels) runs before the probe's first pass.
+Pure functions of plain data, so the result can be written to JSON, or computed on one process and broadcast to the
+others, so that every process trains the same layers.
 """
 
 from __future__ import annotations
@@ -18,12 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from torch import nn
-from .errors import SelectionError
-from .validation import check_cost_weight, check_size
+from ..errors import SelectionError
+from ..validation import check_cost_weight, check_size
 
-__all__ = ["choose", "cost_aware", "backward_cost", "check_size", "select", "SelectionError"]
-
+__all__ = ["choose", "cost_aware", "backward_cost"]
 
 
 def choose(layers: Sequence[Mapping], *, top_k: int | None = None, budget: float | None = None,
@@ -125,54 +114,3 @@ def cost_aware(layers: Sequence[Mapping], *, top_k: int | None = None, budget: f
         if best_value is None or value > best_value + 1e-12:
             best, best_value = chosen, value
     return best
-
-
-def select(model: nn.Module, batch: Mapping, config):
-    """Probe ``model`` on ``batch``, rank its candidates and return ``config`` resolved (a new object).
-
-    Args:
-        model: A transformers model with a loss head (a ``PeftModel`` is unwrapped); it is left exactly as it was.
-        batch: One collated batch, as the model's training loop would see it (labels included unless a causal LM).
-        config: A :class:`~zest_hf.peft_method.ZestConfig`. If it is already resolved it is returned as is: no
-            probe, no chance of another choice.
-
-    Returns:
-        The resolved config, ready for ``peft.get_peft_model(model, config)``.
-
-    Example::
-
-        >>> cfg = zest_hf.ZestConfig(top_k=4, predictor="metric:grad_norm")   # doctest: +SKIP
-        >>> cfg = zest_hf.select(model, batch, cfg)           # doctest: +SKIP
-        >>> peft_model = peft.get_peft_model(model, cfg)   # doctest: +SKIP
-    """
-    from ._version import __version__
-    from .loss import check_batch
-    from .rank import rank
-    from .modeling import base_model, find_head
-    from .targets import find_targets
-
-    if config.is_resolved:
-        return config
-    base = base_model(model)
-    targets = find_targets(base, config.candidates, config.exclude_modules)
-    check_size(config.top_k, config.budget, len(targets))
-    head = list(config.modules_to_save) if config.modules_to_save is not None else find_head(base)
-    check_batch(base, batch)
-    ranking = rank(base, batch, config.predictor, revision=config.predictor_revision, targets=targets,
-                   seed=config.probe_seed)
-    chosen = choose(ranking.layers, top_k=config.top_k, budget=config.budget,
-                    cost_weight=config.cost_weight)
-    sizes = {r["name"]: int(r["num_params"]) for r in ranking.layers}
-    blocks = {r["name"]: int(r["block"]) for r in ranking.layers}
-    probe_meta = ranking.meta.get("probe", {})
-    info = {
-        "predictor": ranking.predictor,
-        "predictor_revision": config.predictor_revision,
-        "num_candidates": len(targets),
-        "candidate_params": sum(sizes.values()),
-        "selected_params": sum(sizes[n] for n, _ in chosen),
-        "backward_cost": backward_cost([blocks[n] for n, _ in chosen], max(blocks.values()) + 1),
-        "probe": {k: probe_meta.get(k) for k in ("model_class", "batch_shape", "loss", "seed", "dtype")},
-        "zest_hf_version": __version__,
-    }
-    return config.resolved(chosen, modules_to_save=head, info=info)

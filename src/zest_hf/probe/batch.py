@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from .errors import MissingLabelsError
-from .modeling import base_model, is_causal_lm
+from ..errors import MissingLabelsError
+from ..modeling import base_model, is_causal_lm
 
 __all__ = ["MissingLabelsError", "check_batch", "prepare_batch", "model_loss", "is_causal_lm"]
 

@@ -1,8 +1,8 @@
 """The one-batch zero-shot probe: one forward and one backward give every candidate layer a row of metrics.
 
-Everything the probe does to the model happens inside :func:`_borrowed` and is undone in its ``finally``: hooks,
-``requires_grad`` flags, ``.grad`` contents, train/eval mode and (for synflow) weight signs. The model is never
-deep-copied: a probe costs about one training step, not one model.
+Everything the probe does to the model happens inside :func:`zest_hf.probe.state.borrowed` and is undone in its
+``finally``: hooks, ``requires_grad`` flags, ``.grad`` contents, train/eval mode and (for synflow) weight signs. The
+model is never deep-copied: a probe costs about one training step, not one model.
 
 Passes, only those the requested metrics need:
 
@@ -18,135 +18,25 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .loss import check_batch, model_loss, prepare_batch
-from .metrics import METRICS, ActStats, Metric, resolve_metrics
-from .modeling import device_of, unwrap_parallel
-from .targets import Target, find_targets
-from .errors import NonFiniteError
+from ..errors import NonFiniteError
+from ..metrics import ActStats, Metric, resolve_metrics
+from ..modeling import device_of, unwrap_parallel
+from ..targets import Target, find_targets
+from .batch import check_batch, model_loss, prepare_batch
+from .result import ProbeResult
+from .state import Session, borrowed
 
-__all__ = ["probe", "ProbeResult", "NonFiniteError"]
-
-
-
-# --------------------------------------------------------------------------------------------------------- result
-@dataclass
-class ProbeResult:
-    """A table: one row per candidate layer (model order), one column per metric value.
-
-    Attributes:
-        layers: Per layer: ``name``, ``type``, ``block``, ``depth``, ``num_params``, ``in_features``,
-            ``out_features`` (see :class:`zest_hf.targets.Target`).
-        values: Column name -> one float per layer (NaN where a metric was not finite; see ``nonfinite``).
-        metrics: The registry names that produced the columns.
-        meta: How it was measured: model class and path, dtype, device, batch shape, loss, seed, versions, timings.
-        nonfinite: ``(layer, column)`` pairs whose value was NaN or inf. Ranking by such a column raises.
-    """
-
-    layers: list[dict]
-    values: dict[str, list[float]]
-    metrics: list[str]
-    meta: dict = field(default_factory=dict)
-    nonfinite: list[tuple[str, str]] = field(default_factory=list)
-
-    # ---- access
-    @property
-    def columns(self) -> list[str]:
-        return list(self.values)
-
-    @property
-    def names(self) -> list[str]:
-        return [row["name"] for row in self.layers]
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def column(self, column: str) -> list[float]:
-        if column not in self.values:
-            raise KeyError(f"no column {column!r} in this probe result; columns: {self.columns}")
-        return self.values[column]
-
-    def to_pandas(self):
-        """A ``pandas.DataFrame`` with the layer description and one column per metric value."""
-        import pandas as pd
-
-        df = pd.DataFrame(self.layers)
-        for col, vals in self.values.items():
-            df[col] = vals
-        return df
-
-    def ranking(self, column: str, descending: bool = True) -> list[str]:
-        """Layer names ordered by ``column`` (largest first by default). Raises on non-finite values."""
-        vals = self.column(column)
-        bad = [n for n, c in self.nonfinite if c == column]
-        if bad:
-            raise NonFiniteError(
-                f"column {column!r} is NaN or inf for {len(bad)} layer(s), e.g. {bad[:3]}; it cannot rank layers. "
-                "Rank by another column, or re-probe in higher precision / with another batch."
-            )
-        order = sorted(range(len(vals)), key=lambda i: (-vals[i] if descending else vals[i], i))
-        return [self.layers[i]["name"] for i in order]
-
-    # ---- serialisation (strict JSON: non-finite floats are written as strings)
-    def to_dict(self) -> dict:
-        return {
-            "format": "zest_hf.ProbeResult/1",
-            "metrics": list(self.metrics),
-            "meta": self.meta,
-            "layers": self.layers,
-            "values": {k: [_enc(v) for v in vs] for k, vs in self.values.items()},
-            "nonfinite": [list(p) for p in self.nonfinite],
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "ProbeResult":
-        if d.get("format") != "zest_hf.ProbeResult/1":
-            raise ValueError(f"not a zest_hf probe result (format={d.get('format')!r})")
-        n = len(d["layers"])
-        values = {k: [_dec(v) for v in vs] for k, vs in d["values"].items()}
-        for k, vs in values.items():
-            if len(vs) != n:
-                raise ValueError(f"column {k!r} has {len(vs)} values for {n} layers")
-        return cls(
-            layers=[dict(r) for r in d["layers"]],
-            values=values,
-            metrics=list(d["metrics"]),
-            meta=dict(d.get("meta", {})),
-            nonfinite=[tuple(p) for p in d.get("nonfinite", [])],
-        )
-
-    def to_json(self, path: str | Path | None = None, indent: int = 1) -> str:
-        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_json(cls, path_or_text: str | Path) -> "ProbeResult":
-        p = Path(path_or_text) if not str(path_or_text).lstrip().startswith("{") else None
-        text = p.read_text() if p is not None else str(path_or_text)
-        return cls.from_dict(json.loads(text))
+__all__ = ["probe"]
 
 
-def _enc(v: float):
-    return v if math.isfinite(v) else str(v)  # "nan", "inf", "-inf"
-
-
-def _dec(v) -> float:
-    return float(v)
-
-
-# ---------------------------------------------------------------------------------------------------------- probe
 def probe(
     model: nn.Module,
     batch: Mapping,
@@ -205,7 +95,7 @@ def probe(
     loss_value = None  # no data pass when only static/synflow metrics are asked for
 
     rng_devices = [device] if device.type == "cuda" else []
-    with bar, torch.random.fork_rng(devices=rng_devices), _borrowed(model_u, tlist, train_mode) as session:
+    with bar, torch.random.fork_rng(devices=rng_devices), borrowed(model_u, [t.weight for t in tlist], train_mode) as session:
         torch.manual_seed(seed)
 
         t0 = time.perf_counter()
@@ -265,58 +155,6 @@ def probe(
     )
 
 
-# ------------------------------------------------------------------------------------------- side effects, undone
-class _Session:
-    """What the probe changed; everything here is reverted by :func:`_borrowed`."""
-
-    def __init__(self):
-        self.handles: list = []
-        self.phase = "idle"  # hooks act only in the pass they belong to (see _data_pass)
-        self.kept_outputs: list[list] = []
-
-    @contextlib.contextmanager
-    def hooks(self):
-        """Hooks registered through the yielded ``add`` live for one pass; :func:`_borrowed` is the safety net."""
-        mine = []
-
-        def add(handle):
-            mine.append(handle)
-            self.handles.append(handle)
-
-        try:
-            yield add
-        finally:
-            for h in mine:
-                h.remove()
-
-
-@contextlib.contextmanager
-def _borrowed(model: nn.Module, targets: Sequence[Target], train_mode: bool):
-    """Borrow the model: only candidate weights require grad, no stale ``.grad``, chosen mode; restore on exit."""
-    params = list(model.parameters())
-    saved_flags = [p.requires_grad for p in params]
-    saved_grads = [p.grad for p in params]
-    saved_modes = [(m, m.training) for m in model.modules()]
-    session = _Session()
-    try:
-        wanted = {id(t.weight) for t in targets}
-        for p in params:
-            p.grad = None
-            p.requires_grad_(id(p) in wanted)
-        for t in targets:  # a candidate may live outside model.parameters() only if shared oddly; be explicit
-            t.weight.requires_grad_(True)
-        model.train(train_mode)
-        yield session
-    finally:
-        for h in session.handles:
-            h.remove()
-        for holder in session.kept_outputs:
-            holder.clear()
-        for p, flag, g in zip(params, saved_flags, saved_grads):
-            p.requires_grad_(flag)
-            p.grad = g
-        for m, mode in saved_modes:
-            m.training = mode
 
 
 def _apply(chosen: Sequence[Metric], source: str, w: torch.Tensor, x, row: dict) -> None:
@@ -325,7 +163,7 @@ def _apply(chosen: Sequence[Metric], source: str, w: torch.Tensor, x, row: dict)
             row.update(m.fn(w, x))
 
 
-def _data_pass(model, tlist, data, chosen, sources, rows, session: _Session) -> float:
+def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> float:
     """Forward with hooks, then backward (and, for grasp, a double backward). Returns the loss value."""
     token_mask = None
     if torch.is_tensor(data.get("attention_mask")):
@@ -383,7 +221,7 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: _Session) -> 
     return loss_value
 
 
-def _forward_backward(model, tlist, data, chosen, sources, rows, session: _Session, add_hook):
+def _forward_backward(model, tlist, data, chosen, sources, rows, session: Session, add_hook):
     grad_metrics = [m for m in chosen if m.source == "grad"]
     bad_grads: list[str] = []
 
@@ -441,7 +279,7 @@ def _drop_after(fn, i):
     return hook
 
 
-def _synflow_pass(model, tlist, data, chosen, rows, session: _Session) -> None:
+def _synflow_pass(model, tlist, data, chosen, rows, session: Session) -> None:
     """synflow's own pass: all parameters made non-negative in place, an all-ones input, R = sum of outputs."""
     params = [p for p in model.parameters() if p.is_floating_point()]
     signs = [torch.signbit(p.detach()) for p in params]  # one bit of information per weight, not a model copy
@@ -510,11 +348,6 @@ def _progress(total: int, enabled: bool):
 def _versions() -> dict:
     import transformers
 
-    from ._version import __version__
+    from .._version import __version__
 
     return {"zest_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
-
-
-def available_metrics() -> dict[str, str]:
-    """Registry name -> one-line description."""
-    return {name: m.doc for name, m in METRICS.items()}

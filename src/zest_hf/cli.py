@@ -1,15 +1,25 @@
-"""The ``zest`` command line. ``zest <command> --help`` documents each command."""
+"""The ``zest`` command line. ``zest <command> --help`` documents each command.
+
+Building the parser imports nothing heavy (torch, transformers, peft load inside the command that needs them), so
+``zest --help`` answers at once. A user error (a bad flag value, a model or predictor that is not there, a missing
+data package) is one line on stderr and exit status 2; ``zest --debug <command>`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = "minilm"
-DEFAULT_TASK = "bbc_news"
+from .defaults import DEFAULT_MODEL, DEFAULT_PREDICTOR, DEFAULT_TASK
+
 DEFAULT_RANK_BY = "grad_norm"
+
+# The commands a fine-tuner uses, and the ones that build and judge predictors (zest_hf.research).
+USER_COMMANDS = ("probe", "rank", "select", "demo", "push-predictor")
+RESEARCH_COMMANDS = ("contrib", "study", "train-predictor", "evaluate-predictor")
 
 
 def _add_model_task(p: argparse.ArgumentParser) -> None:
@@ -70,7 +80,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _cmd_contrib(args) -> int:
-    from .research.contrib import ContribBudget, collect_contributions
+    from .research.budget import ContribBudget
+    from .research.contrib import collect_contributions
+    from .research.records import HEAD_ONLY
 
     budget = ContribBudget(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
                            lr_layer=args.lr_layer, lr_head=args.lr_head, eval_examples=args.eval_examples)
@@ -80,7 +92,7 @@ def _cmd_contrib(args) -> int:
     rows = collect_contributions(args.model, args.task, args.out, seed=args.seed, budget=budget, layers=layers,
                                  split_seed=args.split_seed, device=args.device, progress=not args.quiet)
     rows = sorted(rows, key=lambda r: -r["score"])
-    head = [r for r in rows if r["layer"] == "__head__"]
+    head = [r for r in rows if r["layer"] == HEAD_ONLY]
     print(f"# {len(rows)} runs of {args.model} on {args.task}, seed {args.seed}; head only: "
           f"{head[0]['val_acc']:.3f}" if head else "")
     for r in rows[: args.top]:
@@ -116,20 +128,15 @@ def _cmd_select(args) -> int:
     """Selection as its own step: for DeepSpeed ZeRO-3 / FSDP runs, where the probe cannot run on a sharded model."""
     from .peft_method.config import ZestConfig
     from .selection.resolve import select
-    from .errors import MissingLabelsError, SelectionError
     from .targets import find_targets
     from .workflow import prepare
 
-    try:
-        config = ZestConfig(top_k=args.top_k, budget=args.budget, mode=args.mode, probe_seed=args.seed,
-                            cost_weight=args.cost_weight, **({"predictor": args.predictor} if args.predictor else {}))
-        prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size,
-                       max_length=args.max_length, seed=args.seed, split_seed=args.split_seed, dtype=args.dtype,
-                       device=args.device)
-        resolved = select(prep.model, prep.batch, config)
-    except (SelectionError, MissingLabelsError, ValueError) as e:  # ValueError: ZestConfig's own checks
-        print(f"zest select: {e}", file=sys.stderr)
-        return 2
+    config = ZestConfig(top_k=args.top_k, budget=args.budget, mode=args.mode, probe_seed=args.seed,
+                        cost_weight=args.cost_weight, **({"predictor": args.predictor} if args.predictor else {}))
+    prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size,
+                   max_length=args.max_length, seed=args.seed, split_seed=args.split_seed, dtype=args.dtype,
+                   device=args.device)
+    resolved = select(prep.model, prep.batch, config)
     info = resolved.selection_info
     info.update({"model": args.model, "task": prep.task.name, "head": prep.head, "batch_seed": args.seed,
                  "split_seed": args.split_seed, "max_length": args.max_length})
@@ -204,11 +211,44 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zest", description="ZEST: zero-shot sparse fine-tuning for Hugging Face models")
-    sub = parser.add_subparsers(dest="command", required=True)
+_HELP = {
+    "probe": "one-batch zero-shot metrics for every candidate layer",
+    "rank": "probe one batch and rank layers with a ZEST predictor",
+    "select": "probe one batch, select the top-k layers, write the resolved ZestConfig (e.g. for ZeRO-3/FSDP)",
+    "demo": "the whole flow, offline, on MiniLM and BBC News: probe, rank, select, fine-tune, save, reload",
+    "push-predictor": "upload a predictor directory to the Hub",
+    "contrib": "ground truth: fine-tune each layer alone (+ head) and record its score",
+    "study": "Kendall tau of every single zero-shot metric vs the ground truth (Table 1)",
+    "train-predictor": "fit a ZEST predictor on predictors/data and save it (Hub layout)",
+    "evaluate-predictor": "leave-one-task-out / leave-one-model-out evaluation (Table 2)",
+}
 
-    p = sub.add_parser("probe", help="one-batch zero-shot metrics for every candidate layer")
+
+def _command_list() -> str:
+    width = max(map(len, _HELP)) + 2
+
+    def block(names):
+        return "\n".join(f"  {n:<{width}}{_HELP[n]}" for n in names)
+
+    return (f"commands:\n{block(USER_COMMANDS)}\n\nresearch commands (need the research extra: "
+            f"pip install 'zest_hf[research]'):\n{block(RESEARCH_COMMANDS)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .demo import DemoConfig
+    from .research.budget import ContribBudget
+
+    budget, demo = ContribBudget(), DemoConfig()
+    parser = argparse.ArgumentParser(prog="zest", description="ZEST: zero-shot sparse fine-tuning for Hugging Face "
+                                     "models", epilog=_command_list(), formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>",
+                                parser_class=argparse.ArgumentParser)
+
+    def command(name):  # listed once, in the epilog's two groups
+        return sub.add_parser(name, description=_HELP[name])
+
+    p = command("probe")
     _add_model_task(p)
     p.add_argument("--metrics", default="default",
                    help="'default' (all but grasp), 'all', or a comma list such as snip,fisher,grad_norm")
@@ -219,25 +259,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_probe)
 
-    p = sub.add_parser("contrib", help="ground truth: fine-tune each layer alone (+ head) and record its score")
+    p = command("contrib")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--task", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--out", required=True, help="JSONL file; a rerun resumes it")
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--lr-layer", type=float, default=1e-3)
-    p.add_argument("--lr-head", type=float, default=3e-3)
-    p.add_argument("--eval-examples", type=int, default=512)
+    p.add_argument("--steps", type=int, default=budget.steps)
+    p.add_argument("--batch-size", type=int, default=budget.batch_size)
+    p.add_argument("--max-length", type=int, default=budget.max_length)
+    p.add_argument("--lr-layer", type=float, default=budget.lr_layer)
+    p.add_argument("--lr-head", type=float, default=budget.lr_head)
+    p.add_argument("--eval-examples", type=int, default=budget.eval_examples)
     p.add_argument("--layers", default=None, help="comma list of module names, or a file with one per line")
     p.add_argument("--device", default=None)
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_contrib)
 
-    p = sub.add_parser("rank", help="probe one batch and rank layers with a ZEST predictor")
+    p = command("rank")
     _add_model_task(p)
     p.add_argument("--predictor", default=None, help="bundled name (default), local directory, or Hub repo id")
     p.add_argument("--revision", default=None, help="Hub revision of the predictor")
@@ -247,8 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_rank)
 
-    p = sub.add_parser("select", help="probe one batch, select the top-k layers and write the resolved ZestConfig "
-                                      "(selection as its own step, e.g. before DeepSpeed ZeRO-3 / FSDP training)")
+    p = command("select")
     _add_model_task(p)
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--top-k", type=int, default=None, help="train this many layers")
@@ -257,21 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="full", choices=["full", "lora"],
                    help="train the selection in place, or LoRA on it")
     p.add_argument("--predictor", default=None,
-                   help="bundled name (default zest-universal), local directory, Hub id, or 'metric:<probe column>'")
+                   help=f"bundled name (default {DEFAULT_PREDICTOR}), local directory, Hub id, or 'metric:<probe column>'")
     p.add_argument("--cost-weight", type=float, default=0.0,
                    help="trade predicted importance for a cheaper step: 0 is plain top-k; larger values keep the "
                         "selection in higher blocks so backward stops earlier (see README, cost-aware selection)")
     p.add_argument("--config-out", default="zest_config.json", help="where to write the resolved ZestConfig (JSON)")
     p.set_defaults(func=_cmd_select)
 
-    p = sub.add_parser("push-predictor", help="upload a predictor directory to the Hub")
+    p = command("push-predictor")
     p.add_argument("directory")
     p.add_argument("repo_id")
     p.add_argument("--private", action="store_true")
     p.add_argument("--revision", default=None)
     p.set_defaults(func=_cmd_push)
 
-    p = sub.add_parser("train-predictor", help="fit a ZEST predictor on predictors/data and save it (Hub layout)")
+    p = command("train-predictor")
     p.add_argument("--data", default="predictors/data")
     p.add_argument("--out", required=True)
     # defaults: the variant that won on held-out model-tasks (results/predictor_eval.md), the bundled one's
@@ -287,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", default=None, help="markdown file of held-out figures for the card")
     p.set_defaults(func=_cmd_train_predictor)
 
-    p = sub.add_parser("evaluate-predictor", help="leave-one-task-out / leave-one-model-out evaluation (Table 2)")
+    p = command("evaluate-predictor")
     p.add_argument("--data", default="predictors/data")
     p.add_argument("--out-dir", default="results")
     p.add_argument("--seed", type=int, default=0)
@@ -295,33 +334,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: held-out tau against the number of training tasks (predictor_learning_curve.md)")
     p.set_defaults(func=_cmd_evaluate_predictor)
 
-    p = sub.add_parser("study", help="Kendall tau of every single zero-shot metric vs the ground truth (Table 1)")
+    p = command("study")
     p.add_argument("--data", default="predictors/data")
     p.add_argument("--out-dir", default="results")
     p.set_defaults(func=_cmd_study)
 
-    p = sub.add_parser("demo", help="the whole flow on the packaged default (MiniLM on BBC News): probe, rank, "
-                                    "select, fine-tune, evaluate, save, reload")
+    p = command("demo")
     p.add_argument("--out-dir", default="out/demo")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-examples", type=int, default=500, help="first N test examples (0: all)")
+    p.add_argument("--top-k", type=int, default=demo.top_k)
+    p.add_argument("--steps", type=int, default=demo.steps)
+    p.add_argument("--seed", type=int, default=demo.seed)
+    p.add_argument("--eval-examples", type=int, default=demo.eval_examples, help="first N test examples (0: all)")
     p.add_argument("--max-examples", type=int, default=None, help="seeded subset of the task (quick runs)")
-    p.add_argument("--predictor", default=None, help="bundled name (default zest-universal), directory or Hub id")
+    p.add_argument("--predictor", default=None, help=f"bundled name (default {DEFAULT_PREDICTOR}), directory or Hub id")
     p.set_defaults(func=_cmd_demo)
     return parser
 
 
-def main(argv=None) -> int:
-    if "TRANSFORMERS_VERBOSITY" not in os.environ:
-        # `import zest_hf` has already imported transformers, so the environment variable would come too late:
-        # without this every load of a model with a new task head prints a "newly initialized" report.
-        import transformers
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a person can fix from the message alone: bad values, missing files, models or packages."""
+    from . import errors
 
-        transformers.logging.set_verbosity_error()
+    return (ValueError, OSError, ImportError, errors.ZestTrainerError, errors.ZestAdapterError)
+
+
+def main(argv=None) -> int:
+    # Before transformers loads (nothing of zest_hf has imported it yet): every model load with a new task head
+    # would otherwise print a "newly initialized" report.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # bitsandbytes (imported by peft when installed) logs a warning about an optional CPU kernel on import; the
+    # command line only uses it in the zeroth-order mode, where its messages matter.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        if args.debug:
+            raise
+        print(f"zest {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .defaults import DEFAULT_MODEL, DEFAULT_PREDICTOR, DEFAULT_TASK
+
 __all__ = ["DemoConfig", "run_demo"]
 
 
@@ -41,10 +43,10 @@ class DemoConfig:
         max_examples: Keep a seeded subset of the task (quick runs and tests); None: all of it.
     """
 
-    model: str = "minilm"
-    task: str = "bbc_news"
+    model: str = DEFAULT_MODEL
+    task: str = DEFAULT_TASK
     top_k: int = 5
-    predictor: str = "zest-universal"
+    predictor: str = DEFAULT_PREDICTOR
     steps: int = 60
     batch_size: int = 16
     max_length: int = 64

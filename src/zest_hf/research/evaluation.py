@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+
+try:  # the research extra; say which one before any work starts
+    import pandas as pd
+    import scipy  # noqa: F401  (kendalltau, in .study)
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"zest_hf.research needs the research extra ({e.name} is missing): "
+                      "pip install 'zest_hf[research]'") from None
 
 from ..metrics import default_columns
 from ..predictor.train import ModelTask, top_k_precision, train_predictor

@@ -13,8 +13,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from scipy.stats import kendalltau
+
+try:  # the research extra; say which one before any work starts
+    import pandas as pd
+    from scipy.stats import kendalltau
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"zest_hf.research needs the research extra ({e.name} is missing): "
+                      "pip install 'zest_hf[research]'") from None
 
 from ..probe import ProbeResult
 from .records import HEAD_ONLY, read_jsonl, task_slug

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Union
 
+from ..defaults import DEFAULT_PREDICTOR
 from ..validation import check_int, check_real
 
 __all__ = ["SparseZOConfig"]
@@ -47,7 +48,7 @@ class SparseZOConfig:
     mask_batches: int = 4
     target_modules: Optional[Union[list[str], str]] = None
     zest_top_k: Optional[int] = None
-    predictor: str = "zest-universal"
+    predictor: str = DEFAULT_PREDICTOR
     quantize: Optional[str] = "nf4"
     blocksize: int = 64
     double_quant: bool = True

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .defaults import DEFAULT_MODEL, DEFAULT_PREDICTOR, DEFAULT_TASK
+from .serialization import write_atomic
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -179,7 +180,7 @@ def run_demo(out_dir: str | Path = "out/demo", config: DemoConfig | None = None)
         "reload_identical": same,
         "reload_test_accuracy": accuracy(reload_preds, refs),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     if not same:
         raise RuntimeError(f"the adapter reloaded from {adapter} predicts differently from the trained model")
     _say(f"wrote {out}/: probe.json, probe_heatmap.png, ranking.json, ranking_heatmap.png, zest_config.json, "

@@ -19,6 +19,7 @@ from peft import LoraConfig, PeftConfig
 
 from ..defaults import DEFAULT_PREDICTOR
 from ..errors import SelectionError, ZestNotSelectedError
+from ..serialization import JsonSerializable, check_keys
 from ..validation import check_cost_weight, check_int, check_real, check_size
 
 __all__ = ["ZestConfig", "ZestLoraConfig", "PEFT_TYPE", "PREFIX", "MODES", "SELECTION_FILE", "ZestNotSelectedError"]
@@ -52,7 +53,7 @@ PEFT_TYPE = ZestPeftType("ZEST")
 
 
 @dataclass
-class ZestConfig(PeftConfig):
+class ZestConfig(JsonSerializable, PeftConfig):
     """Configuration of ZEST: rank every candidate projection from one batch, train only the best ones plus the head.
 
     Args:
@@ -269,30 +270,18 @@ class ZestConfig(PeftConfig):
     def to_dict(self) -> dict:
         d = super().to_dict()
         d["peft_type"] = str(self.peft_type)
-        return d
+        return {k: sorted(v) if isinstance(v, set) else v for k, v in sorted(d.items())}
 
-    def to_json(self, path: str | os.PathLike | None = None) -> str:
-        """The config as JSON (what ``adapter_config.json`` holds); written to ``path`` if given."""
-        d = self.to_dict()
-        for k, v in d.items():
-            if isinstance(v, set):
-                d[k] = sorted(v)
-        text = json.dumps(d, indent=2, sort_keys=True)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+    json_what = "ZestConfig"
 
     @classmethod
-    def from_json(cls, path_or_text: str | os.PathLike) -> "ZestConfig":
-        """Load a config written by :meth:`to_json` (or a ZEST ``adapter_config.json``)."""
-        text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
-            text = Path(path_or_text).read_text()
-        d = json.loads(text)
+    def from_dict(cls, d: dict, source: str = "the config") -> "ZestConfig":
+        """A config from what :meth:`to_json` (or a ZEST ``adapter_config.json``) holds; see zest_hf.serialization."""
         if d.get("peft_type", "ZEST") != "ZEST":
-            raise ValueError(f"not a ZEST config (peft_type={d.get('peft_type')!r})")
+            raise ValueError(f"{source} is not a ZEST config (peft_type={d.get('peft_type')!r})")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names and k != "peft_type"})
+        check_keys(d, names | {"peft_type"}, "ZestConfig", source)
+        return cls(**{k: v for k, v in d.items() if k != "peft_type"})
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder: Optional[str] = None, **kwargs):

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import NonFiniteError
+from ..serialization import JsonSerializable, check_keys
 
 __all__ = ["ProbeResult"]
 
 
 @dataclass
-class ProbeResult:
+class ProbeResult(JsonSerializable):
     """A table: one row per candidate layer (model order), one column per metric value.
 
     Attributes:
@@ -85,10 +84,13 @@ class ProbeResult:
             "nonfinite": [list(p) for p in self.nonfinite],
         }
 
+    json_what = "probe result"
+
     @classmethod
-    def from_dict(cls, d: Mapping) -> "ProbeResult":
+    def from_dict(cls, d: Mapping, source: str = "the probe result") -> "ProbeResult":
         if d.get("format") != "zest_hf.ProbeResult/1":
-            raise ValueError(f"not a zest_hf probe result (format={d.get('format')!r})")
+            raise ValueError(f"{source} is not a zest_hf probe result (format={d.get('format')!r})")
+        check_keys(d, ("format", "metrics", "meta", "layers", "values", "nonfinite"), "probe result", source)
         n = len(d["layers"])
         values = {k: [_dec(v) for v in vs] for k, vs in d["values"].items()}
         for k, vs in values.items():
@@ -101,18 +103,6 @@ class ProbeResult:
             meta=dict(d.get("meta", {})),
             nonfinite=[tuple(p) for p in d.get("nonfinite", [])],
         )
-
-    def to_json(self, path: str | Path | None = None, indent: int = 1) -> str:
-        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_json(cls, path_or_text: str | Path) -> "ProbeResult":
-        p = Path(path_or_text) if not str(path_or_text).lstrip().startswith("{") else None
-        text = p.read_text() if p is not None else str(path_or_text)
-        return cls.from_dict(json.loads(text))
 
 
 def _enc(v: float):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from torch import nn
 
 from ..predictor.hub import load_predictor
+from ..serialization import JsonSerializable, check_keys
 from ..probe.result import ProbeResult
 from ..probe.run import probe
 
@@ -16,7 +15,7 @@ __all__ = ["Ranking", "rank", "rank_probe"]
 
 
 @dataclass
-class Ranking:
+class Ranking(JsonSerializable):
     """Layers best first. ``layers[i]`` has ``name``, ``score``, ``type``, ``block``, ``depth``, ``num_params``."""
 
     layers: list[dict]
@@ -31,17 +30,13 @@ class Ranking:
     def to_dict(self) -> dict:
         return {"format": "zest_hf.Ranking/1", "predictor": self.predictor, "meta": self.meta, "layers": self.layers}
 
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+    json_what = "ranking"
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "Ranking":
-        d = json.loads(Path(path).read_text())
+    def from_dict(cls, d: dict, source: str = "the ranking") -> "Ranking":
         if d.get("format") != "zest_hf.Ranking/1":
-            raise ValueError(f"{path} is not a zest_hf ranking")
+            raise ValueError(f"{source} is not a zest_hf ranking (format={d.get('format')!r})")
+        check_keys(d, ("format", "predictor", "meta", "layers"), "ranking", source)
         return cls(layers=d["layers"], predictor=d["predictor"], meta=d.get("meta", {}))
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Optional, Union
 
 from ..defaults import DEFAULT_PREDICTOR
+from ..serialization import JsonSerializable, check_keys
 from ..validation import check_int, check_real
 
 __all__ = ["SparseZOConfig"]
@@ -16,7 +15,7 @@ QUANT_TYPES = ("nf4", "fp4")
 
 
 @dataclass
-class SparseZOConfig:
+class SparseZOConfig(JsonSerializable):
     """What :class:`~zest_hf.sparse_zo.ZOTrainer` tunes and how (after "Zeroth-Order Fine-Tuning of LLMs with
     Extreme Sparsity", arXiv 2406.02913, with MeZO's in-place SPSA step).
 
@@ -73,14 +72,9 @@ class SparseZOConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+    json_what = "SparseZOConfig"
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "SparseZOConfig":
-        d = json.loads(Path(path).read_text())
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown SparseZOConfig fields {unknown}; written by a newer zest_hf?")
+    def from_dict(cls, d: dict, source: str = "the config") -> "SparseZOConfig":
+        check_keys(d, {f.name for f in fields(cls)}, "SparseZOConfig", source)
         return cls(**d)

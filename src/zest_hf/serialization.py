@@ -1,0 +1,94 @@
+"""One JSON contract for everything zest_hf writes as JSON: ProbeResult, Ranking, ZestConfig, SparseZOConfig.
+
+* ``obj.to_json(path=None) -> str``: the JSON text; with ``path`` it is also written there, atomically (a temporary
+  file in the same directory, then ``os.replace``), so a writer killed mid-write leaves the old file or the new one,
+  never a torn one.
+* ``Cls.from_json(path_or_text)``: a path to such a file, or the JSON text itself (text starts with ``{``).
+* Strict both ways: no NaN or infinity in the text (a ProbeResult writes its non-finite values as strings), and a
+  key the class does not know is an error naming it, since a newer zest_hf may have written it and dropping it
+  would change what the object means.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+__all__ = ["JsonSerializable", "write_atomic", "check_keys", "read_json"]
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers only ever see the old content or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _ignore(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class _ignore:
+    def __init__(self, *errors):
+        self.errors = errors
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        return kind is not None and issubclass(kind, self.errors)
+
+
+def read_json(path_or_text: str | os.PathLike, what: str) -> tuple[dict, str]:
+    """``(object, source)`` from a path or JSON text; a clear ``ValueError`` for anything but a JSON object."""
+    text = os.fspath(path_or_text) if isinstance(path_or_text, os.PathLike) else str(path_or_text)
+    if text.lstrip().startswith("{"):
+        source = f"the {what} JSON text"
+    else:
+        source = text
+        try:
+            text = Path(text).read_text()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no {what} file at {source}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source} is not valid JSON ({e}); it is not a {what} written by zest_hf") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{source} holds a JSON {type(data).__name__}, not the object of a {what}")
+    return data, source
+
+
+def check_keys(data: Mapping, known: Iterable[str], what: str, source: str) -> None:
+    """Refuse keys a class does not know, naming them."""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{source}: unknown {what} keys {unknown}; it was written by a newer zest_hf (upgrade: "
+                         "pip install -U zest_hf) or edited by hand")
+
+
+class JsonSerializable:
+    """Mixin giving a class the contract above from its ``to_dict()`` and ``from_dict(d, source)``."""
+
+    #: Name used in error messages.
+    json_what: str = "zest_hf object"
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        if path is not None:
+            write_atomic(path, text)
+        return text
+
+    @classmethod
+    def from_json(cls, path_or_text: str | os.PathLike):
+        data, source = read_json(path_or_text, cls.json_what)
+        return cls.from_dict(data, source=source)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import torch
 
-from conftest import tiny_llama
+from helpers import tiny_llama
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 

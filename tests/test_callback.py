@@ -8,7 +8,7 @@ import datasets
 import pytest
 import torch
 import transformers
-from conftest import tiny_bert_cls, tiny_llama
+from helpers import tiny_bert_cls, tiny_llama
 from peft import PeftModel
 
 import zest_hf

@@ -6,7 +6,7 @@ import peft
 import pytest
 import torch
 import transformers
-from conftest import tiny_llama
+from helpers import tiny_llama
 
 import zest_hf
 import zest_hf.rank

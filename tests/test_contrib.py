@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import transformers
-from conftest import tiny_bert_cls, tiny_llama, token_batch
+from helpers import tiny_bert_cls, tiny_llama, token_batch
 
 from zest_hf import find_targets
 from zest_hf.blocks import BlockRunner

@@ -13,7 +13,7 @@ import peft
 import pytest
 import torch
 import transformers
-from conftest import tiny_bert_cls, tiny_llama, token_batch
+from helpers import tiny_bert_cls, tiny_llama, token_batch
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file

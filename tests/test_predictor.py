@@ -201,7 +201,7 @@ def test_resolution_local_dir_bundled_name_and_cached_hub_repo(tmp_path, monkeyp
 
 
 def test_rank_a_model_best_first_and_json(tmp_path):
-    from conftest import tiny_llama, token_batch
+    from helpers import tiny_llama, token_batch
 
     import zest_hf
     from zest_hf.rank import Ranking, rank
@@ -226,7 +226,7 @@ def test_rank_a_model_best_first_and_json(tmp_path):
 
 
 def test_rank_by_a_single_metric_column():
-    from conftest import tiny_llama, token_batch
+    from helpers import tiny_llama, token_batch
 
     import zest_hf
     from zest_hf.rank import rank

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import transformers
-from conftest import tiny_bert_cfg, tiny_bert_cls, tiny_gpt2, tiny_llama, token_batch
+from helpers import tiny_bert_cfg, tiny_bert_cls, tiny_gpt2, tiny_llama, token_batch
 
 import zest_hf
 from zest_hf import METRICS, MissingLabelsError, NonFiniteError, ProbeResult, find_targets, probe

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import transformers
-from conftest import tiny_bert_cls, tiny_llama, token_batch
+from helpers import tiny_bert_cls, tiny_llama, token_batch
 
 from zest_hf import NoTargetsError, find_targets
 from zest_hf.probe import NonFiniteError

@@ -1,7 +1,7 @@
 import pytest
 import torch
 import transformers
-from conftest import tiny_bert_cls, tiny_gpt2, tiny_llama
+from helpers import tiny_bert_cls, tiny_gpt2, tiny_llama
 from torch import nn
 
 from zest_hf import NoTargetsError, find_targets

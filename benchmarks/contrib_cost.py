@@ -1,6 +1,6 @@
 """What does ground truth cost? Cached-block collection against the naive loop, and one collection against one probe.
 
-Measured side by side in ONE process on the same model, task, budget and batches (issue 3):
+Measured side by side in ONE process on the same model, task, budget and batches:
 
 * ``cached``: the collector's way. Block inputs below the trained layer are computed once per block
   (:meth:`zest_hf.contrib.ContribSetup.caches`) and each step runs blocks >= b only.

@@ -20,7 +20,7 @@ Three phases, each resumable (every finished run is one JSON line in ``--out-dir
 
 ``report``
     ``end_to_end.md`` (Table 3: test accuracy and trainable parameters; Table 4: step time and peak memory ratios;
-    the issue's targets, each marked met or not),
+    the targets, each marked met or not),
     ``curves.png`` (validation accuracy during training: ZEST@5 vs full FT vs Random@5, the paper's Figure 3) and
     ``accuracy_vs_memory.png`` (where cost-aware selection lands against plain top-k).
 
@@ -579,7 +579,7 @@ def report(out_dir: Path) -> str:
 
 
 def _targets(task_means, cost) -> list:
-    """The issue's targets, checked against what was measured: ZEST@5's mean test accuracy against full fine-tuning
+    """The targets, checked against what was measured: ZEST@5's mean test accuracy against full fine-tuning
     - 1 point and Random@5 + 2 points (per model and over every finished task of every model), and its step time and
     peak memory against 0.5x and 0.4x of full fine-tuning's. The cost-aware variant is checked beside it."""
     rows = []

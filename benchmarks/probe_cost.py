@@ -9,7 +9,7 @@ allocations cannot hide in another's peak):
 
 Time is the median over ``--repeats`` runs after one warm-up run. Memory is the peak resident set size during the
 operation (weights included; the kernel's high-water mark is reset after loading, so loading's own peak does not
-count) and, on CUDA, ``torch.cuda.max_memory_allocated``. Targets (issue 2): probe <= 2.0x time and <= 1.3x peak
+count) and, on CUDA, ``torch.cuda.max_memory_allocated``. Targets: probe <= 2.0x time and <= 1.3x peak
 memory; with grasp <= 4x time.
 
     python benchmarks/probe_cost.py                      # MiniLM and SmolLM2, batch 16 x 128, BBC News

@@ -28,7 +28,9 @@ BUDGETS = {
     "smollm2": dict(steps=40, batch_size=16, max_length=64, lr_layer=3e-4, lr_head=3e-3, eval_examples=384),
 }
 
-# (model, task, seeds). Order = priority: the first entries give the noise ceiling (two seeds) early.
+# (model, task, seeds), in collection order: first what gives the noise ceiling (two seeds), then the tasks
+# whose pilots separated from head-only, then the marginal ones. Each task's pilot and status is in the datasheet,
+# predictors/data/README.md ("Collection order").
 PLAN = [
     ("minilm", "bigbench:multiemo/all_sentence_en", (0, 1)),
     ("minilm", "bigbench:fact_checker/fever", (0, 1)),
@@ -39,39 +41,22 @@ PLAN = [
     ("minilm", "bigbench:strategyqa", (0,)),
     ("minilm", "bigbench:social_iqa", (0,)),
     ("minilm", "bigbench:goal_step_wikihow/step_inference", (0,)),
-    # hyperbaton stays at chance at 60 steps (the pilot) but not at 250 (predictors/data/
-    # minilm_budget_pilot.jsonl: block 3 output.dense 0.895 vs head only 0.490): its budget is the exception below.
-    ("minilm", "bigbench:hyperbaton", (0,)),
-    # Pilots (block 3 output.dense vs head only, predictors/data/README.md): timedial 0.474 vs 0.431 (marginal);
-    # unit_identification 1.000 vs 0.867, but it saturates: the first 5 layers collected all score 1.000 (ties that
-    # teach nothing), so it stays last until scored by validation loss or run at a smaller budget.
+    ("minilm", "bigbench:hyperbaton", (0,)),  # separates only at its larger budget (TASK_BUDGET)
     ("minilm", "bigbench:timedial", (0,)),
-    # 11 choices: every step and evaluation costs 11 sequences per example; ~25 min per layer on a shared 2-core
-    # machine, so after every cheaper candidate.
-    ("minilm", "bigbench:language_identification", (0,)),
-    ("minilm", "bigbench:unit_conversion/unit_identification", (0,)),
-    # SmolLM2: pilots (one layer + head vs head only, see predictors/data/README.md) showed fever, multiemo and
-    # bbc_news do not separate at this budget (fever not even at 80 steps, lr 1e-3); valid_parentheses (+5 points)
-    # and twitter_sentiment (+2) do. Separating tasks first, two seeds on the first for the noise ceiling.
+    ("minilm", "bigbench:language_identification", (0,)),  # 11 choices: every step costs 11 sequences per example
+    ("minilm", "bigbench:unit_conversion/unit_identification", (0,)),  # saturates: ties that teach nothing
     ("smollm2", "bigbench:cs_algorithms/valid_parentheses", (0, 1)),
     # The decoder tasks that separate get a second seed: a predictor learns from the seed mean, and the
-    # seed-to-seed tau says how much of a task's ranking is signal.
-    # Multiple choice on a decoder: the layer alone trains on the gold answer's LM loss and is scored by
-    # log-likelihood (no head; baseline = untrained model). Pilots (predictors/data/smollm2_loglik_pilot.jsonl, block 6
-    # down_proj): goal_step 0.449 -> 0.511, social_iqa 0.354 -> 0.405 (lr 1e-3): larger gains than twitter's.
+    # seed-to-seed tau says how much of a task's ranking is signal. On a decoder, multiple choice is scored by
+    # log-likelihood with no head: the layer alone trains on the gold answer's LM loss.
     ("smollm2", "bigbench:goal_step_wikihow/step_inference", (0, 1)),
     ("smollm2", "bigbench:social_iqa", (0, 1)),
-    # Log-likelihood pilots (predictors/data/smollm2_mc_pilot.jsonl, block 6 down_proj vs untrained): timedial
-    # 0.522 vs 0.353 (+17 points, the largest SmolLM2 gain seen); unit_identification saturates (untrained 0.98).
     ("smollm2", "bigbench:timedial", (0, 1)),
-    # twitter: its first 6 layers (block 0) scored 0.549-0.570 against head-only 0.562, ~7 min each on the shared
-    # machine: paused behind timedial (end_to_end's SmolLM2 tasks are valid_parentheses and goal_step now, so no
-    # oracle waits on it; it is a 5th SmolLM2 task only if its remaining layers separate).
-    ("smollm2", "twitter_sentiment", (0,)),
+    ("smollm2", "twitter_sentiment", (0,)),  # marginal in its pilot
     ("smollm2", "bigbench:mnist_ascii", (0,)),
-    ("smollm2", "bigbench:multiemo/all_sentence_en", (0, 1)),
-    ("smollm2", "bigbench:fact_checker/fever", (0,)),
-    ("smollm2", "bbc_news", (0,)),
+    ("smollm2", "bigbench:multiemo/all_sentence_en", (0, 1)),  # did not separate in its pilot
+    ("smollm2", "bigbench:fact_checker/fever", (0,)),  # did not separate in its pilot
+    ("smollm2", "bbc_news", (0,)),  # did not separate in its pilot
 ]
 PROBE_BATCH = 16
 # Budget exceptions, recorded in every line's "budget": valid_parentheses has 800 training examples, fewer than

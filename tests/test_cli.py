@@ -118,3 +118,23 @@ def test_cli_select_cost_weight_keeps_the_selection_high_so_backward_stops_early
     assert main(common + ["--cost-weight", "-1", "--config-out", str(tmp_path / "bad.json")]) == 2
     assert "cost_weight must be a number >= 0" in capsys.readouterr().err
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_a_missing_matplotlib_is_named_before_the_probe_runs(tiny_dir, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    out = tmp_path / "probe.json"
+    rc = main(["probe", "--model", str(tiny_dir), "--task", "bbc_news", "--batch-size", "2", "--max-length", "16",
+               "--out", str(out), "--plot", str(tmp_path / "h.png")])
+    assert rc == 2 and "pip install 'zest_hf[plot]'" in capsys.readouterr().err
+    assert not out.exists()  # refused before any work
+
+
+def test_a_user_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    assert main(["rank", "--model", str(tmp_path / "no_such_model"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zest rank: ") and "Traceback" not in err
+    with pytest.raises(OSError):
+        main(["--debug", "rank", "--model", str(tmp_path / "no_such_model"), "--quiet"])

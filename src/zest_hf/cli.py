@@ -38,9 +38,11 @@ def _add_model_task(p: argparse.ArgumentParser) -> None:
 
 def _cmd_probe(args) -> int:
     from .probe.run import probe
-    from .plot import layer_heatmap
+    from .plot import layer_heatmap, require_matplotlib
     from .workflow import prepare
 
+    if args.plot:
+        require_matplotlib("--plot")
     prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size, max_length=args.max_length,
                    seed=args.seed, split_seed=args.split_seed, dtype=args.dtype, device=args.device)
     metrics = args.metrics.split(",") if args.metrics not in ("default", "all") else args.metrics
@@ -101,10 +103,12 @@ def _cmd_contrib(args) -> int:
 
 
 def _cmd_rank(args) -> int:
-    from .plot import layer_heatmap
+    from .plot import layer_heatmap, require_matplotlib
     from .selection.rank import rank
     from .workflow import prepare
 
+    if args.plot:
+        require_matplotlib("--plot")
     prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size, max_length=args.max_length,
                    seed=args.seed, split_seed=args.split_seed, dtype=args.dtype, device=args.device)
     ranking = rank(prep.model, prep.batch, args.predictor, revision=args.revision, seed=args.seed,

@@ -63,6 +63,9 @@ def _say(msg: str) -> None:
 
 def run_demo(out_dir: str | Path = "out/demo", config: DemoConfig | None = None) -> dict:
     """Run the flow and return the summary (also written to ``out_dir/summary.json``)."""
+    from .plot import require_matplotlib
+
+    require_matplotlib("zest demo")  # its heatmaps; said before the minutes of work, not after
     import peft
     import torch
     import transformers

@@ -8,7 +8,16 @@ from pathlib import Path
 
 from .targets import CANONICAL_TYPES
 
-__all__ = ["layer_heatmap"]
+__all__ = ["layer_heatmap", "require_matplotlib"]
+
+
+def require_matplotlib(what: str) -> None:
+    """Say which extra to install BEFORE the work whose picture needs matplotlib starts."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ImportError(f"{what} draws its figures with matplotlib, which is not installed: "
+                          "pip install 'zest_hf[plot]'")
 
 
 def layer_heatmap(

@@ -96,3 +96,43 @@ def find_head(model: nn.Module) -> list[str]:
         f"cannot tell which modules of {cls} form its task head (looked for children named {HEAD_NAMES}); "
         "pass them explicitly (modules_to_save=[...])."
     )
+
+
+# ------------------------------------------------------------------------ activation checkpointing and input grads
+# The forward hooks transformers' and peft's ``enable_input_require_grads`` register on the input embeddings (named
+# by their function names: transformers replaces its handle on a second call and orphans the first hook, so the
+# handles cannot be trusted to find them all).
+_INPUT_GRAD_HOOK_NAMES = ("make_inputs_require_grads", "make_inputs_require_grad")
+
+
+def input_grad_hooks(model: nn.Module) -> list[tuple[nn.Module, int]]:
+    """``(embedding module, hook id)`` of every hook making the input embeddings' output require grad."""
+    found = []
+    for module in base_model(model).modules():
+        get = getattr(module, "get_input_embeddings", None)
+        if not callable(get):
+            continue
+        try:
+            emb = get()
+        except NotImplementedError:
+            continue
+        if isinstance(emb, nn.Module):
+            found += [(emb, k) for k, fn in emb._forward_hooks.items()
+                      if getattr(fn, "__name__", "") in _INPUT_GRAD_HOOK_NAMES and (emb, k) not in found]
+    return found
+
+
+def uses_reentrant_checkpointing(model: nn.Module) -> bool:
+    """True when activation checkpointing is on and reentrant: then no gradient reaches a checkpointed block whose
+    input does not require grad, so the input embeddings must require grad (backward then runs to the bottom)."""
+    import functools
+
+    base = base_model(model)
+    if not getattr(base, "is_activation_checkpointing", getattr(base, "is_gradient_checkpointing", False)):
+        return False
+    for module in base.modules():
+        fn = getattr(module, "_gradient_checkpointing_func", None)
+        if isinstance(fn, functools.partial):
+            flag = fn.keywords.get("use_reentrant")
+            return True if flag is None else bool(flag)  # torch's default is reentrant
+    return False

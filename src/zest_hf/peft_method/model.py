@@ -7,19 +7,37 @@ bias train in place; everything else is frozen. ``save_pretrained`` writes those
 ``mode="lora"``: peft's own LoRA tuner is built from :meth:`ZestConfig.to_lora_config` instead (``ZestModel(...)``
 returns a ``LoraModel``), so the adapter a LoRA-mode model saves is a stock LoRA adapter that any LoRA server loads.
 
-Both modes check, before touching the model, that the config is resolved and that every selected module exists in it.
+Both modes check, before touching the model, that the selected modules exist in it.
+
+**Selecting on the first training step.** ``peft.get_peft_model(model, ZestConfig(top_k=k))`` with an *unresolved*
+config (full mode) builds a pending model, which is what lets ``SFTTrainer(peft_config=ZestConfig(top_k=k))`` and a
+stock ``Trainer`` work with no extra line: the head (if any) trains from the start, and every candidate projection
+requires grad, so the optimizer the Trainer builds before the first step holds them. The selection is made from the
+Trainer's own first batch, before any optimizer step: by :class:`~zest_hf.ZestCallback` at ``on_train_begin`` (which
+also removes the unselected candidates from the optimizer), or else by this model at its first training forward (the
+unselected candidates then never get a gradient, so AdamW never updates them nor keeps state for them). Only the
+selection is then wrapped, as for a resolved config. One process only: under several processes each would probe its
+own batch, so it is refused there in favour of :func:`zest_hf.prepare_trainer` (rank 0 selects for all).
+
+**Backward stays above the selection.** With activation checkpointing, transformers, peft and TRL make the input
+embeddings require grad, so backward would run through every frozen block below the selection. While a full-mode
+model runs forward, those hooks are set aside unless reentrant checkpointing needs them.
 """
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from ..errors import SelectionError
-from ..targets import _is_projection
+from ..errors import SelectionError, ZestNotSelectedError, ZestTrainerError
+from ..modeling import find_head, input_grad_hooks, peft_base, uses_reentrant_checkpointing
+from ..targets import _is_projection, find_targets
+from ..validation import check_size
 from .config import PREFIX, ZestConfig
 from .layer import ZEST_ATTR, ZestLayer
-from ..modeling import peft_base
 
 __all__ = ["ZestModel", "check_modules"]
 
@@ -81,8 +99,95 @@ class ZestModel(BaseTuner):
         return tuner
 
     # ---- injection
+    def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
+                       low_cpu_mem_usage: bool = False, state_dict=None) -> None:
+        config = self.peft_config[adapter_name]
+        if isinstance(config, ZestConfig) and not config.is_resolved:
+            self._hold_pending(model, config, adapter_name)
+            return
+        super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+                               low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+
+    # ---- selecting on the first training step (see the module docstring)
+    _zest_pending = None  # (adapter name, pre-forward hook handle) while the selection is not made yet
+
+    @property
+    def zest_pending(self) -> bool:
+        """True until the first training batch has chosen the selection."""
+        return self._zest_pending is not None
+
+    def _hold_pending(self, model: nn.Module, config: ZestConfig, adapter_name: str) -> None:
+        if config.mode != "full":
+            raise ZestNotSelectedError(
+                "an unresolved ZestConfig can only wait for the first training batch in full mode (LoRA layers must "
+                "exist before the optimizer is built). Use zest_hf.prepare_trainer(trainer, config), or resolve it "
+                "first with zest_hf.select(model, batch, config)."
+            )
+        targets = find_targets(model, config.candidates, config.exclude_modules)
+        check_size(config.top_k, config.budget, len(targets))
+        if config.modules_to_save is None:  # known now, so that PeftModel trains the head from the start
+            config.modules_to_save = find_head(model)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for t in targets:  # placeholders: the optimizer built before the first step must hold whatever is chosen
+            for p in t.module.parameters():
+                p.requires_grad_(True)
+        handle = model.register_forward_pre_hook(self._select_on_first_step, with_kwargs=True)
+        self._zest_pending = (adapter_name, handle)
+
+    def _select_on_first_step(self, module, args, kwargs):
+        if not (module.training and torch.is_grad_enabled()):
+            return None
+        batch = dict(kwargs)
+        if args and torch.is_tensor(args[0]):
+            batch.setdefault("input_ids", args[0])
+        self.resolve_pending({k: v for k, v in batch.items() if torch.is_tensor(v)})
+        return None
+
+    def resolve_pending(self, batch) -> ZestConfig:
+        """Select from ``batch`` (one training batch) and wrap the selection; returns the resolved config."""
+        from ..selection.resolve import select
+
+        if self._zest_pending is None:
+            raise SelectionError("this ZEST model has its selection already")
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and (
+                torch.distributed.get_world_size() > 1):
+            raise ZestTrainerError(
+                "an unresolved ZestConfig cannot select inside a run of several processes (each would probe its own "
+                "batch and train other layers). Use zest_hf.prepare_trainer(trainer, config), where rank 0 selects "
+                "for all, or select first (zest select ... --config-out zest.json) and pass the resolved config."
+            )
+        adapter_name, handle = self._zest_pending
+        handle.remove()  # the probe's own forwards must not come back here
+        try:
+            resolved = select(self.model, batch, self.peft_config[adapter_name])
+        except BaseException:
+            self._zest_pending = (adapter_name, self.model.register_forward_pre_hook(
+                self._select_on_first_step, with_kwargs=True))
+            raise
+        self.peft_config[adapter_name] = resolved
+        self._zest_pending = None
+        super().inject_adapter(self.model, adapter_name)  # unselected candidates are frozen again here
+        return resolved
+
+    @contextlib.contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """peft runs every forward of the PeftModel inside this: set the input-grad hooks aside while it runs, unless
+        reentrant checkpointing needs them (see the module docstring)."""
+        if not torch.is_grad_enabled() or uses_reentrant_checkpointing(self.model):
+            yield
+            return
+        hooks = input_grad_hooks(self.model)
+        saved = [(m, k, m._forward_hooks.pop(k)) for m, k in hooks]
+        try:
+            yield
+        finally:
+            for m, k, fn in saved:
+                m._forward_hooks[k] = fn
+
     def _pre_injection_hook(self, model: nn.Module, config: ZestConfig, adapter_name: str) -> None:
-        check_modules(model, config)
+        if config.is_resolved:  # an unresolved config waits for its first batch (inject_adapter)
+            check_modules(model, config)
 
     def _check_new_adapter_config(self, config: ZestConfig) -> None:
         super()._check_new_adapter_config(config)
@@ -104,7 +209,8 @@ class ZestModel(BaseTuner):
         self._replace_module(parent, target_name, new, target)
 
     def _post_injection_hook(self, model: nn.Module, config: ZestConfig, adapter_name: str) -> None:
-        config.target_modules = list(config.selected_modules)  # peft may have shortened it while matching
+        if config.is_resolved:
+            config.target_modules = list(config.selected_modules)  # peft may have shortened it while matching
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         # The trained tensors are the model's own weights: they keep the model's dtype, as in full fine-tuning.

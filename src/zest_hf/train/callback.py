@@ -21,7 +21,6 @@ the trainable tensors, and a resumed run must continue on the checkpoint's selec
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import pickle
 import warnings
@@ -32,29 +31,43 @@ from transformers import TrainerCallback
 from ..peft_method import ZestConfig, check_modules
 from ..selection.resolve import select
 from ..errors import SelectionError, ZestTrainerError
-from ..modeling import peft_base
+from ..modeling import device_of, input_grad_hooks, peft_base, uses_reentrant_checkpointing
 
 __all__ = ["ZestCallback", "prepare_trainer", "ZestTrainerError"]
 
 
 
 class ZestCallback(TrainerCallback):
-    """Checks at ``on_train_begin`` that training runs on the ZEST selection; holds no reference to the Trainer.
+    """Makes a Trainer run on the ZEST selection; holds no reference to the Trainer.
+
+    Two uses. Added by :func:`prepare_trainer` (with the resolved config), it checks at ``on_train_begin`` that
+    training runs on the selection. Passed by hand with a model from ``peft.get_peft_model(model,
+    ZestConfig(top_k=k))`` (unresolved), ``Trainer(..., callbacks=[ZestCallback()])``, it makes the selection itself
+    at ``on_train_begin``: one batch of the Trainer's own training data (its dataset, columns and collator), before
+    the first optimizer step, and the optimizer is left holding exactly the selection and the head.
 
     Args:
-        config: The resolved :class:`~zest_hf.peft_method.ZestConfig` the model was built from.
+        config: The resolved :class:`~zest_hf.peft_method.ZestConfig` the model was built from; ``None``: the
+            model's own ZEST config.
     """
 
-    def __init__(self, config: ZestConfig):
+    def __init__(self, config: ZestConfig | None = None):
         self.config = config
 
-    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         from peft import PeftModel
 
-        if not self.config.is_resolved or (model is not None and not isinstance(model, PeftModel)):
+        if model is not None and isinstance(model, PeftModel) and getattr(model.base_model, "zest_pending", False):
+            self.config = _select_at_train_begin(model, optimizer, train_dataloader)
+        elif self.config is None and isinstance(model, PeftModel):
+            found = [c for c in model.peft_config.values() if isinstance(c, ZestConfig)]
+            self.config = found[0] if found else None
+        if self.config is None or not self.config.is_resolved or (
+                model is not None and not isinstance(model, PeftModel)):
             raise ZestTrainerError(
-                "ZestCallback alone does not select (callbacks never see the Trainer's data): call "
-                "zest_hf.prepare_trainer(trainer, config) after building the Trainer; it adds this callback itself."
+                "ZestCallback found no ZEST model to train: build the model with peft.get_peft_model(model, "
+                "ZestConfig(...)), or call zest_hf.prepare_trainer(trainer, config) after building the Trainer "
+                "(it adds this callback itself)."
             )
         self._check_resumed_selection(args, state)
         if model is not None:
@@ -256,30 +269,57 @@ def _no_unused_parameters(trainer) -> None:
 
 # ------------------------------------------------------------------------------------------ on_train_begin checks
 def _keep_backward_above_selection(model) -> None:
-    """Activation checkpointing turns on ``enable_input_require_grads`` (transformers and peft both do), which makes
-    the embeddings' output require grad, so backward runs through every frozen block below the selection. With
-    non-reentrant checkpointing that hook is not needed: remove it. Reentrant checkpointing needs it (no gradient
-    reaches a checkpointed block whose input does not require grad), so it stays, with a warning."""
+    """Activation checkpointing turns on ``enable_input_require_grads`` (transformers, peft and TRL all do, some
+    twice), which makes the embeddings' output require grad, so backward runs through every frozen block below the
+    selection. With non-reentrant checkpointing those hooks are not needed: remove every one of them. Reentrant
+    checkpointing needs them (no gradient reaches a checkpointed block whose input does not require grad), so they
+    stay, with a warning."""
     base = peft_base(model)
     if not getattr(base, "is_activation_checkpointing", False):
         return
-    if _uses_reentrant(base):
+    if uses_reentrant_checkpointing(base):
         warnings.warn(
             "reentrant activation checkpointing needs the input embeddings to require grad, so backward runs through "
             "every frozen block below the ZEST selection. Pass activation_checkpointing_kwargs="
             "{'use_reentrant': False} to skip them.", RuntimeWarning, stacklevel=2)
         return
-    if callable(getattr(base, "disable_input_require_grads", None)):
-        base.disable_input_require_grads()
+    for module, hook_id in input_grad_hooks(base):
+        module._forward_hooks.pop(hook_id, None)
+    for module in base.modules():  # the handles transformers keeps now point at removed hooks
+        if getattr(module, "_require_grads_hooks", None):
+            module._require_grads_hooks = []
 
 
-def _uses_reentrant(model) -> bool:
-    for module in model.modules():
-        fn = getattr(module, "_gradient_checkpointing_func", None)
-        if isinstance(fn, functools.partial):
-            flag = fn.keywords.get("use_reentrant")
-            return True if flag is None else bool(flag)  # torch's default is reentrant
-    return False
+def _select_at_train_begin(model, optimizer, train_dataloader) -> ZestConfig:
+    """Resolve a pending ZEST model from one batch of the Trainer's data; drop the unselected from the optimizer."""
+    tuner = model.base_model
+    if train_dataloader is None:
+        raise ZestTrainerError("the Trainer gave ZestCallback no training dataloader to probe a batch of")
+    config = next(c for c in model.peft_config.values() if isinstance(c, ZestConfig))
+    batch = _first_batch(train_dataloader, config, device_of(model))
+    resolved = tuner.resolve_pending(batch)
+    if optimizer is not None:
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+        keep = {id(p) for p in model.parameters() if p.requires_grad}
+        for group in inner.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) in keep]
+    return resolved
+
+
+def _first_batch(dataloader, config: ZestConfig, device):
+    """One batch of the dataloader's dataset through its own collator, drawn under ``config.probe_seed``; neither
+    the dataloader's state nor the random state training starts from is touched."""
+    dataset, collate = dataloader.dataset, dataloader.collate_fn
+    size = config.probe_batch_size or getattr(dataloader, "total_batch_size", None) or dataloader.batch_size or 8
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.probe_seed)
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            rows = [row for _, row in zip(range(size), dataset)]
+        else:
+            idx = torch.randperm(len(dataset))[:size].tolist()
+            rows = [dataset[i] for i in idx]
+    batch = collate(rows)
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def _check_optimizer(model, optimizer) -> None:

@@ -313,7 +313,7 @@ def head_kind(model_name: str, task) -> str:
     (``causal_lm``, the ground truth's protocol for decoders). An encoder's multiple-choice head is not benchmarked."""
     from zest_hf.workflow import choose_head
 
-    kind = choose_head(model_name, task.kind)
+    kind = choose_head(model_name, task.kind, decoder_classification="seq_cls")  # the ground truth's protocol
     if kind not in ("seq_cls", "causal_lm"):
         raise SystemExit(f"{task.name} is multiple choice and {model_name} is an encoder: end_to_end benchmarks "
                          "classification tasks, and multiple choice on decoders only")

@@ -138,3 +138,17 @@ def test_a_user_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys
     assert err.startswith("zest rank: ") and "Traceback" not in err
     with pytest.raises(OSError):
         main(["--debug", "rank", "--model", str(tmp_path / "no_such_model"), "--quiet"])
+
+
+def test_an_unknown_model_is_one_line_naming_the_packaged_models(capsys):
+    assert main(["select", "--model", "no-such-org/no-such-model", "--top-k", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "minilm, smollm2" in err and "HF_HUB_OFFLINE=1" in err
+
+
+def test_auto_head_of_a_decoder_on_a_classification_task_is_its_lm_head(tiny_llama_dir, tmp_path):
+    out = tmp_path / "cfg.json"
+    assert main(["select", "--model", str(tiny_llama_dir), "--task", "bbc_news", "--top-k", "2", "--batch-size", "2",
+                 "--max-length", "32", "--predictor", "metric:grad_norm", "--config-out", str(out)]) == 0
+    cfg = ZestConfig.from_json(out)
+    assert cfg.modules_to_save == [] and cfg.selection_info["head"] == "causal_lm"

@@ -341,3 +341,15 @@ def test_saved_target_modules_stay_exact_names_with_many_layers(tmp_path, mode):
     peft.get_peft_model(model, sel).save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"]
     assert sorted(saved) == sorted(sel.selected_modules)
+
+
+def test_a_head_the_model_lacks_is_refused_before_anything_changes():
+    llama = tiny_llama()
+    state = {k: v.clone() for k, v in llama.state_dict().items()}
+    cfg = ZestConfig(selected_modules=["model.layers.1.mlp.down_proj"], modules_to_save=["score"])
+    for mode in ("full", "lora"):
+        with pytest.raises(SelectionError, match=r"modules_to_save names \['score'\].*--head causal_lm"):
+            peft.get_peft_model(llama, dataclasses.replace(cfg, mode=mode))
+    assert not any(isinstance(m, BaseTunerLayer) for m in llama.modules())
+    assert all(torch.equal(v, state[k]) for k, v in llama.state_dict().items())
+    assert all(p.requires_grad for p in llama.parameters())

@@ -98,13 +98,26 @@ def is_decoder(name_or_path: str) -> bool:
         return PACKAGED_MODELS[key]["decoder"]
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(name_or_path)
+    try:
+        cfg = AutoConfig.from_pretrained(name_or_path)
+    except OSError as e:
+        raise OSError(model_not_found(name_or_path, e)) from None
     archs = getattr(cfg, "architectures", None) or []
     if any(is_causal_lm_class(a) for a in archs):
         return True
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     return cfg.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and cfg.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def model_not_found(name: str, error: Exception) -> str:
+    """One line saying why ``name`` is no model here, and what is."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    where = ("the Hub is offline (HF_HUB_OFFLINE=1), so a Hub id must already be in the local cache"
+             if offline else "and the Hub did not have it either")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"no model {name!r}: not a packaged model ({', '.join(PACKAGED_MODELS)}), not a local directory with a "
+            f"config.json, {where} ({first[:160]})")
 
 
 def load_tokenizer(name_or_path: str):
@@ -151,7 +164,10 @@ def load_model(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     kwargs.setdefault("dtype", dtype or torch.float32)
-    model = auto.from_pretrained(path, **kwargs)
+    try:
+        model = auto.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise OSError(model_not_found(name_or_path, e)) from None
     tok = load_tokenizer(name_or_path)
     if getattr(model.config, "pad_token_id", None) is None and tok.pad_token_id is not None:
         model.config.pad_token_id = tok.pad_token_id  # decoder classification heads pool at the last non-pad token

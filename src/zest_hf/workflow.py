@@ -22,14 +22,17 @@ class Prepared:
     batch: dict
 
 
-def choose_head(model_name: str, task_kind: str, head: str = "auto") -> str:
-    """``auto``: classification -> sequence classification head; multiple choice -> an encoder's multiple-choice
-    head, or a decoder's own LM head scoring the choices by log-likelihood."""
+def choose_head(model_name: str, task_kind: str, head: str = "auto", *, decoder_classification: str = "causal_lm") -> str:
+    """``auto``: a decoder keeps its own LM head (the labels become answer text, scored by log-likelihood: what an
+    SFT run on the same checkpoint trains); an encoder gets a sequence-classification head for a classification
+    task and a multiple-choice head for a multiple-choice one. ``decoder_classification="seq_cls"`` gives a decoder
+    a classification head instead (the ground truth's protocol for decoder classification tasks)."""
     if head != "auto":
         return head
+    decoder = is_decoder(model_name)
     if task_kind == "classification":
-        return "seq_cls"
-    return "causal_lm" if is_decoder(model_name) else "multiple_choice"
+        return decoder_classification if decoder else "seq_cls"
+    return "causal_lm" if decoder else "multiple_choice"
 
 
 def prepare(

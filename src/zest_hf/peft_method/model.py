@@ -43,7 +43,8 @@ __all__ = ["ZestModel", "check_modules"]
 
 
 def check_modules(model: nn.Module, config: ZestConfig) -> None:
-    """Raise unless ``config`` is resolved and every selected module is a projection of ``model``. Changes nothing."""
+    """Raise unless ``config`` is resolved, every selected module is a projection of ``model`` and every name in
+    ``modules_to_save`` is a module of it (peft would skip a missing one without a word). Changes nothing."""
     config.require_resolved()
     base = peft_base(model)
     modules = dict(base.named_modules())
@@ -55,6 +56,15 @@ def check_modules(model: nn.Module, config: ZestConfig) -> None:
             f"{len(missing)} selected module(s) do not exist in {type(base).__name__}: {missing[:4]}. The selection "
             f"was made on another architecture or size (this model has {len(known)} projections, e.g. "
             f"{known[:3]}). Load the adapter onto the base model it was trained from, or select again."
+        )
+    heads = [h for h in (config.modules_to_save or []) if not any(n == h or n.endswith(f".{h}") for n in modules)]
+    if heads:
+        children = [n for n, _ in base.named_children()]
+        raise SelectionError(
+            f"modules_to_save names {heads} that {type(base).__name__} does not have (its top-level modules: "
+            f"{children}). The selection was made on a model with another task head (e.g. a classification head "
+            "for a causal LM); select again on the model you train (zest select --head causal_lm), or set "
+            "modules_to_save to modules it has ([] for none)."
         )
     not_proj = [n for n in config.selected_modules if not _is_projection(modules[n])]
     if not_proj:

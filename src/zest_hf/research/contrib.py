@@ -135,7 +135,8 @@ def setup_contributions(
     budget = budget or ContribBudget()
     budget.validate()
     task = load_task(task_name, split_seed=split_seed)
-    head_kind = choose_head(model_name, task.kind)  # a decoder on multiple choice: causal_lm, scored by loglik
+    # the collected protocol: a decoder classifies with a new head, and answers multiple choice by log-likelihood
+    head_kind = choose_head(model_name, task.kind, decoder_classification="seq_cls")
     n_train = len(task.splits["train"])
     need = budget.steps * budget.batch_size
     if need > budget.max_epochs * n_train:

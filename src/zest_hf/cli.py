@@ -154,6 +154,14 @@ def _cmd_select(args) -> int:
     Path(args.config_out).parent.mkdir(parents=True, exist_ok=True)
     resolved.to_json(args.config_out)
     print(f"wrote {args.config_out} (train with zest_hf.ZestConfig.from_json({str(args.config_out)!r}): no probe)")
+    if args.export:
+        from .selection.export import export_selection
+        from .serialization import write_atomic
+
+        out = args.export_out or {"axolotl": "zest_unfrozen_parameters.yaml", "names": "zest_parameters.txt"}[
+            args.export]
+        write_atomic(out, export_selection(prep.model, resolved, args.export))
+        print(f"wrote {out} ({args.export} format)")
     return 0
 
 
@@ -305,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trade predicted importance for a cheaper step: 0 is plain top-k; larger values keep the "
                         "selection in higher blocks so backward stops earlier (see README, cost-aware selection)")
     p.add_argument("--config-out", default="zest_config.json", help="where to write the resolved ZestConfig (JSON)")
+    p.add_argument("--export", default=None, choices=["axolotl", "names"],
+                   help="also write the selection for another trainer: 'axolotl' (its unfrozen_parameters YAML), "
+                        "'names' (parameter names, one a line)")
+    p.add_argument("--export-out", default=None, help="where --export writes (default zest_unfrozen_parameters.yaml "
+                                                      "or zest_parameters.txt)")
     p.set_defaults(func=_cmd_select)
 
     p = command("push-predictor")

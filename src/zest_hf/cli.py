@@ -140,7 +140,7 @@ def _cmd_select(args) -> int:
     prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size,
                    max_length=args.max_length, seed=args.seed, split_seed=args.split_seed, dtype=args.dtype,
                    device=args.device)
-    resolved = select(prep.model, prep.batch, config)
+    resolved = select(prep.model, prep.batch, config, progress=not args.quiet)
     info = resolved.selection_info
     info.update({"model": args.model, "task": prep.task.name, "head": prep.head, "batch_seed": args.seed,
                  "split_seed": args.split_seed, "max_length": args.max_length})
@@ -313,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trade predicted importance for a cheaper step: 0 is plain top-k; larger values keep the "
                         "selection in higher blocks so backward stops earlier (see README, cost-aware selection)")
     p.add_argument("--config-out", default="zest_config.json", help="where to write the resolved ZestConfig (JSON)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--export", default=None, choices=["axolotl", "names"],
                    help="also write the selection for another trainer: 'axolotl' (its unfrozen_parameters YAML), "
                         "'names' (parameter names, one a line)")

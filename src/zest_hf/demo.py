@@ -137,7 +137,8 @@ def run_demo(out_dir: str | Path = "out/demo", config: DemoConfig | None = None)
     targs = transformers.TrainingArguments(
         output_dir=str(out / "trainer"), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr, weight_decay=0.0, seed=cfg.seed, data_seed=cfg.seed, save_strategy="no",
-        logging_strategy="no", report_to="none", dataloader_pin_memory=torch.cuda.is_available())
+        logging_strategy="no", report_to="none", dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False)  # its longest step shows a bar (transformers hides it at the CLI's log level)
     trainer = transformers.Trainer(model=peft_model, args=targs, train_dataset=train, processing_class=tok,
                                    data_collator=collator)
     _say(f"[4/6] fine-tune: {cfg.steps} steps x batch {cfg.batch_size} x {cfg.max_length} tokens, lr {cfg.lr}; "

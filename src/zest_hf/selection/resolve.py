@@ -12,7 +12,7 @@ from .rules import backward_cost, choose
 __all__ = ["select"]
 
 
-def select(model: nn.Module, batch: Mapping, config):
+def select(model: nn.Module, batch: Mapping, config, *, progress: bool = False):
     """Probe ``model`` on ``batch``, rank its candidates and return ``config`` resolved (a new object).
 
     Args:
@@ -20,6 +20,7 @@ def select(model: nn.Module, batch: Mapping, config):
         batch: One collated batch, as the model's training loop would see it (labels included unless a causal LM).
         config: A :class:`~zest_hf.peft_method.ZestConfig`. If it is already resolved it is returned as is: no
             probe, no chance of another choice.
+        progress: Show a progress bar over the probe's passes.
 
     Returns:
         The resolved config, ready for ``peft.get_peft_model(model, config)``.
@@ -44,7 +45,7 @@ def select(model: nn.Module, batch: Mapping, config):
     head = list(config.modules_to_save) if config.modules_to_save is not None else find_head(base)
     check_batch(base, batch)
     ranking = rank(base, batch, config.predictor, revision=config.predictor_revision, targets=targets,
-                   seed=config.probe_seed)
+                   seed=config.probe_seed, progress=progress)
     chosen = choose(ranking.layers, top_k=config.top_k, budget=config.budget,
                     cost_weight=config.cost_weight)
     sizes = {r["name"]: int(r["num_params"]) for r in ranking.layers}

@@ -22,11 +22,23 @@ USER_COMMANDS = ("probe", "rank", "select", "demo", "push-predictor")
 RESEARCH_COMMANDS = ("contrib", "study", "train-predictor", "evaluate-predictor")
 
 
+def _columns(text: str) -> dict[str, str]:
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected role=column pairs separated by commas, got {text!r}")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 def _add_model_task(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="'minilm' or 'smollm2' (packaged, offline), a Hub model id, or a local path")
     p.add_argument("--task", default=DEFAULT_TASK,
-                   help="bbc_news, twitter_sentiment, or bigbench:<task>[/<subtask>]")
+                   help="a packaged task (bbc_news, twitter_sentiment, bigbench:<task>[/<subtask>]) or your data: a "
+                        "jsonl/json/csv/parquet file, a dataset directory, or a datasets name")
+    p.add_argument("--split", default="train", help="split of your data to draw the probe batch from")
+    p.add_argument("--columns", default=None, type=_columns,
+                   help="column mapping of your data, e.g. text=review,label=stars or prompt=question,"
+                        "completion=answer or messages=chat (default: those names)")
     p.add_argument("--head", default="auto", choices=["auto", "seq_cls", "multiple_choice", "causal_lm"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=128, help="tokens per sequence")
@@ -44,7 +56,8 @@ def _cmd_probe(args) -> int:
     if args.plot:
         require_matplotlib("--plot")
     prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size, max_length=args.max_length,
-                   seed=args.seed, split_seed=args.split_seed, dtype=args.dtype, device=args.device)
+                   seed=args.seed, split_seed=args.split_seed, dtype=args.dtype, device=args.device,
+                   split=args.split, columns=args.columns)
     metrics = args.metrics.split(",") if args.metrics not in ("default", "all") else args.metrics
     result = probe(prep.model, prep.batch, metrics, seed=args.seed, progress=not args.quiet)
     result.meta.update({"model": args.model, "task": prep.task.name, "head": prep.head,
@@ -110,7 +123,8 @@ def _cmd_rank(args) -> int:
     if args.plot:
         require_matplotlib("--plot")
     prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size, max_length=args.max_length,
-                   seed=args.seed, split_seed=args.split_seed, dtype=args.dtype, device=args.device)
+                   seed=args.seed, split_seed=args.split_seed, dtype=args.dtype, device=args.device,
+                   split=args.split, columns=args.columns)
     ranking = rank(prep.model, prep.batch, args.predictor, revision=args.revision, seed=args.seed,
                    progress=not args.quiet)
     ranking.meta.update({"model": args.model, "task": prep.task.name, "seed": args.seed})
@@ -139,7 +153,7 @@ def _cmd_select(args) -> int:
                         cost_weight=args.cost_weight, **({"predictor": args.predictor} if args.predictor else {}))
     prep = prepare(args.model, args.task, head=args.head, batch_size=args.batch_size,
                    max_length=args.max_length, seed=args.seed, split_seed=args.split_seed, dtype=args.dtype,
-                   device=args.device)
+                   device=args.device, split=args.split, columns=args.columns)
     resolved = select(prep.model, prep.batch, config, progress=not args.quiet)
     info = resolved.selection_info
     info.update({"model": args.model, "task": prep.task.name, "head": prep.head, "batch_seed": args.seed,

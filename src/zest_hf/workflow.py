@@ -8,7 +8,7 @@ import torch
 
 from .models import is_decoder, load_model
 
-__all__ = ["Prepared", "prepare", "choose_head"]
+__all__ = ["Prepared", "UserData", "prepare", "choose_head"]
 
 
 @dataclass
@@ -35,6 +35,17 @@ def choose_head(model_name: str, task_kind: str, head: str = "auto", *, decoder_
     return "causal_lm" if decoder else "multiple_choice"
 
 
+@dataclass
+class UserData:
+    """Your prompt/completion or conversational data, as :func:`prepare` reads it (classification data becomes a
+    :class:`~zest_hf.tasks.Task`)."""
+
+    name: str
+    kind: str  # "prompt_completion" or "messages"
+    data: object  # the datasets.Dataset split
+    columns: dict
+
+
 def prepare(
     model_name: str,
     task_name: str,
@@ -47,13 +58,36 @@ def prepare(
     dtype: str | torch.dtype | None = None,
     device: str | None = None,
     max_examples: int | None = None,
+    split: str = "train",
+    columns: dict | None = None,
 ) -> Prepared:
-    """Load task and model, and draw the probe batch: ``batch_size`` training examples chosen by ``seed``."""
+    """Load task and model, and draw the probe batch: ``batch_size`` training examples chosen by ``seed``.
+
+    ``task_name`` is a packaged task, or your data (a jsonl/json/csv/parquet file, a dataset directory or a
+    ``datasets`` name) with ``split`` and an optional ``columns`` mapping (see :mod:`zest_hf.tasks.user`).
+    """
     import transformers
 
-    from .tasks import load_task, make_batch, prepare_tokenizer
+    from .tasks import (detect_shape, is_packaged_task, load_task, load_user_dataset, make_batch, prepare_tokenizer,
+                        sft_batch, user_task)
 
-    task = load_task(task_name, split_seed=split_seed, max_examples=max_examples)
+    if is_packaged_task(task_name):
+        task = load_task(task_name, split_seed=split_seed, max_examples=max_examples)
+    else:
+        data = load_user_dataset(task_name, split)
+        shape, cols = detect_shape(data, columns, str(task_name))
+        if shape == "classification":
+            task = user_task(str(task_name), split=split, columns=columns, split_seed=split_seed,
+                             max_examples=max_examples, data=data)
+        else:
+            if head not in ("auto", "causal_lm") or not is_decoder(model_name):
+                raise ValueError(f"{task_name} is {shape} data, which trains a causal LM's own head; "
+                                 f"{model_name} with head {head!r} cannot (use a decoder, --head causal_lm)")
+            model, tok = load_model(model_name, "causal_lm", dtype=dtype, device=device)
+            batch = sft_batch(data, tok, shape=shape, columns=cols, batch_size=batch_size, max_length=max_length,
+                              seed=seed)
+            return Prepared(model=model, tokenizer=tok, task=UserData(str(task_name), shape, data, cols),
+                            head="causal_lm", batch=batch)
     head = choose_head(model_name, task.kind, head)
     transformers.set_seed(seed)  # the new task head's initialisation
     num_labels = task.num_labels if head == "seq_cls" else None

@@ -19,7 +19,9 @@ from .base import (
     list_tasks,
     load_task,
     register_task,
+    is_packaged_task,
     split_indices,
+    task_from_raw,
 )
 from . import bbc, twitter  # noqa: F401  (the built-in loaders register themselves with .base)
 from .bigbench import bigbench_root
@@ -36,8 +38,16 @@ from .tokenize import (
     tokenize_task,
 )
 from .scoring import ChoicePlan, plan_choices, score_choices
+from .user import SHAPES, detect_shape, load_user_dataset, sft_batch, user_task
 
 __all__ = [
+    "SHAPES",
+    "detect_shape",
+    "is_packaged_task",
+    "load_user_dataset",
+    "sft_batch",
+    "task_from_raw",
+    "user_task",
     "ChoicePlan",
     "DEFAULT_ANSWER_CUE",
     "KINDS",

@@ -198,6 +198,12 @@ def _resolve(name: str) -> tuple[str, Loader, dict]:
     return canonical, _LOADERS[canonical], {}
 
 
+def is_packaged_task(name: str) -> bool:
+    """Whether :func:`load_task` knows ``name`` (a built-in task or ``bigbench:...``); anything else is user data."""
+    return isinstance(name, str) and (name.strip().lower().startswith(BIGBENCH_PREFIX)
+                                      or name.strip().lower() in _ALIASES)
+
+
 # ------------------------------------------------------------------------------------------------------------ split
 
 def _check_fractions(fractions) -> tuple[float, float, float]:
@@ -295,21 +301,29 @@ def load_task(name: str, *, split_seed: int = 0, fractions=(0.8, 0.1, 0.1), max_
     if kind is not None and kind != raw.kind and not to_mc:
         raise ValueError(f"task {canonical!r} is {raw.kind} and cannot be loaded as {kind}")
 
+    task = task_from_raw(raw, canonical, split_seed=split_seed, fractions=fractions, max_examples=max_examples,
+                         stratify=stratify)
+    # Converted after splitting, so the rows of each split are exactly those of the classification load.
+    return as_multiple_choice(task) if to_mc else task
+
+
+def task_from_raw(raw: RawTask, name: str, *, split_seed: int = 0, fractions=(0.8, 0.1, 0.1),
+                  max_examples: int | None = None, stratify: bool | None = None) -> Task:
+    """Subsample and split a loader's examples into a :class:`Task` (what every task, yours too, goes through)."""
+    _check_fractions(fractions)
     keep = _subsample(len(raw.texts), max_examples, split_seed)
     if len(keep) < 3:
-        raise ValueError(f"task {canonical!r} has only {len(keep)} usable examples; need at least 3 to split")
+        raise ValueError(f"task {name!r} has only {len(keep)} usable examples; need at least 3 to split")
     if stratify is None:
         stratify = raw.kind == "classification"
     labels = [raw.labels[i] for i in keep] if stratify else None
     parts = split_indices(len(keep), fractions, split_seed, labels)
     splits = datasets.DatasetDict({s: _to_dataset(raw, keep[p]) for s, p in zip(SPLITS, parts)})
     stats = dict(raw.stats, examples=len(raw.texts), used=len(keep))
-    task = Task(name=canonical, kind=raw.kind, splits=splits,
+    return Task(name=name, kind=raw.kind, splits=splits,
                 label_names=list(raw.label_names) if raw.kind == "classification" else None,
                 num_choices=raw.num_choices if raw.kind == "multiple_choice" else None,
                 source=raw.source, split_seed=split_seed, stats=stats)
-    # Converted after splitting, so the rows of each split are exactly those of the classification load.
-    return as_multiple_choice(task) if to_mc else task
 
 
 def as_multiple_choice(task: Task) -> Task:

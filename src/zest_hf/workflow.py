@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import is_decoder, load_model
+from .models import is_decoder, load_model, load_tokenizer
 
 __all__ = ["Prepared", "UserData", "prepare", "choose_head"]
 
@@ -83,9 +83,10 @@ def prepare(
             if head not in ("auto", "causal_lm") or not is_decoder(model_name):
                 raise ValueError(f"{task_name} is {shape} data, which trains a causal LM's own head; "
                                  f"{model_name} with head {head!r} cannot (use a decoder, --head causal_lm)")
+            # the batch first: a bad example is refused before the model loads
+            batch = sft_batch(data, load_tokenizer(model_name), shape=shape, columns=cols, batch_size=batch_size,
+                              max_length=max_length, seed=seed)
             model, tok = load_model(model_name, "causal_lm", dtype=dtype, device=device)
-            batch = sft_batch(data, tok, shape=shape, columns=cols, batch_size=batch_size, max_length=max_length,
-                              seed=seed)
             return Prepared(model=model, tokenizer=tok, task=UserData(str(task_name), shape, data, cols),
                             head="causal_lm", batch=batch)
     head = choose_head(model_name, task.kind, head)

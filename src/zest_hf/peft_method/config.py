@@ -76,7 +76,9 @@ class ZestConfig(JsonSerializable, PeftConfig):
         exclude_modules (`Union[list[str], str]`, *optional*):
             Candidates to leave out, in the same forms as `candidates`.
         mode (`str`, defaults to `"full"`):
-            `"full"`: train the selected weights (and biases) themselves, in place; everything else is frozen.
+            `"full"`: train the selected weights (and biases) themselves, in place; everything else is frozen. They
+            are base weights, so use a full-fine-tuning learning rate, not a LoRA one (measured rates: README,
+            "Learning rates", and results/lr_table.md).
             `"lora"`: train LoRA adapters (`r`, `lora_alpha`, `lora_dropout`) on the selected modules only; the saved
             adapter is a stock peft LoRA adapter with the exact module names as `target_modules`.
         r (`int`, defaults to 8):

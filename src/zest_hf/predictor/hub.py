@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from ..defaults import DEFAULT_PREDICTOR
-from ..errors import PredictorNotFoundError
+from ..errors import PredictorError, PredictorNotFoundError
 from .card import write_card
 from .model import ZestPredictor
 
@@ -58,6 +58,7 @@ def load_predictor(name_or_path: str | os.PathLike | ZestPredictor | None = None
         return ZestPredictor.from_pretrained(path)
     bundled = bundled_predictors()
     if name in bundled:
+        _check_files(bundled[name])
         return ZestPredictor.from_pretrained(bundled[name])
     if not _REPO_ID.match(name):
         raise PredictorNotFoundError(
@@ -80,13 +81,26 @@ def load_predictor(name_or_path: str | os.PathLike | ZestPredictor | None = None
         raise PredictorNotFoundError(
             f"{name!r} on the Hub has no config.json + model.safetensors (a zest_hf predictor repo): {e}"
         ) from e
+    _check_files(Path(files[0]).parent)
     return ZestPredictor.from_pretrained(Path(files[0]).parent)
 
 
 def _check_files(path: Path) -> None:
+    """A predictor directory: both files there, and a config.json that is a JSON object naming its metrics."""
+    import json
+
     missing = [f for f in ("config.json", "model.safetensors") if not (path / f).is_file()]
     if missing:
         raise PredictorNotFoundError(f"{path} is not a zest_hf predictor directory: missing {missing}")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise PredictorError(f"{path / 'config.json'} is not valid JSON ({e}); re-download or re-save the "
+                             "predictor") from None
+    if not isinstance(config, dict) or "metrics" not in config:
+        raise PredictorError(f"{path / 'config.json'} is not a zest_hf predictor config (a JSON object with "
+                             f"'metrics' and the other ZestPredictor arguments); got {type(config).__name__}"
+                             + (f" with keys {sorted(config)}" if isinstance(config, dict) else ""))
 
 
 def push_predictor(directory: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,

@@ -253,6 +253,10 @@ def _load_weights(model: "ZestPredictor", model_file: str, map_location) -> "Zes
             f"{model_file} does not match its config.json (expected tensors "
             f"{ {k: tuple(v.shape) for k, v in own.items()} }, found { {k: tuple(v.shape) for k, v in state.items()} })"
         )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise PredictorError(f"{model_file} holds NaN or inf in {bad}: the predictor is broken (a diverged "
+                             "training run?); retrain or re-download it")
     model.load_state_dict(state, strict=True)
     model.eval()
     return model

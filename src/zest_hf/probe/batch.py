@@ -25,6 +25,7 @@ def check_batch(model: nn.Module, batch: Mapping) -> None:
     labels = batch.get("labels")
     if labels is None:
         if is_causal_lm(model) and "input_ids" in batch:
+            check_inputs(model, batch)
             return  # the language-modelling loss on the inputs themselves
         raise MissingLabelsError(
             f"the probe batch has no 'labels', and {type(base_model(model)).__name__} computes no loss without them. "
@@ -38,6 +39,23 @@ def check_batch(model: nn.Module, batch: Mapping) -> None:
             "every entry of batch['labels'] is -100 (ignored), so the loss is empty. For a causal LM keep the "
             "answer tokens' ids; check that truncation did not cut them off."
         )
+    base = base_model(model)
+    num_labels = getattr(getattr(base, "config", None), "num_labels", None)
+    name = type(base).__name__
+    if name.endswith("ForSequenceClassification") and labels.dtype in (torch.long, torch.int, torch.int32) and (
+            num_labels and labels.numel() and (int(labels.max()) >= num_labels or int(labels.min()) < 0)):
+        raise ValueError(
+            f"batch['labels'] holds class ids {int(labels.min())}..{int(labels.max())}, but {name} has "
+            f"num_labels={num_labels}: load the model with num_labels set to the task's class count."
+        )
+
+
+def check_inputs(model: nn.Module, batch: Mapping) -> None:
+    """A causal-LM batch whose every position is padding gives a NaN loss: refuse it before any pass."""
+    if is_causal_lm(model) and batch.get("labels") is None and torch.is_tensor(batch.get("attention_mask")):
+        if not bool(batch["attention_mask"].bool().any()):
+            raise MissingLabelsError("the batch is all padding (attention_mask is 0 everywhere), so the language-"
+                                     "modelling loss is empty; draw a batch with text in it")
 
 
 def prepare_batch(model: nn.Module, batch: Mapping, device: torch.device) -> dict:

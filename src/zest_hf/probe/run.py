@@ -80,6 +80,8 @@ def probe(
     model_u = unwrap_parallel(model)
     tlist = list(targets) if targets is not None else find_targets(model_u, target_modules, exclude_modules)
     check_batch(model_u, batch)
+    _check_not_sharded(model_u)
+    _check_weights_finite(tlist)
     sources = {m.source for m in chosen}
     if "synflow" in sources:
         _check_synflow_supported(model_u)
@@ -95,7 +97,14 @@ def probe(
     loss_value = None  # no data pass when only static/synflow metrics are asked for
 
     rng_devices = [device] if device.type == "cuda" else []
-    with bar, torch.random.fork_rng(devices=rng_devices), borrowed(model_u, [t.weight for t in tlist], train_mode) as session:
+    if torch.is_inference_mode_enabled():
+        # tensors made in inference mode cannot take part in autograd: the probe works on copies of the batch's
+        with torch.inference_mode(False):
+            data = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in data.items()}
+    # the probe needs gradients even when called under torch.no_grad() / inference_mode(): it turns them on for
+    # itself only (the caller's mode is back on exit)
+    with bar, torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=rng_devices), \
+            borrowed(model_u, [t.weight for t in tlist], train_mode) as session:
         torch.manual_seed(seed)
 
         t0 = time.perf_counter()
@@ -155,6 +164,27 @@ def probe(
     )
 
 
+
+
+def _check_not_sharded(model: nn.Module) -> None:
+    """A sharded model (FSDP2's DTensor parameters, DeepSpeed ZeRO-3's partitioned ones) holds a slice of each
+    weight per process: a probe there would score slices, differently on every rank."""
+    for name, p in model.named_parameters():
+        if type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor" or hasattr(p, "ds_id"):
+            kind = "DeepSpeed ZeRO-3" if hasattr(p, "ds_id") else "FSDP2 (fully_shard)"
+            raise ValueError(
+                f"{name} is sharded by {kind}, so this process holds only a slice of each weight and the probe would "
+                "score slices. Select as its own step on the unsharded model (zest select ... --config-out "
+                "zest.json, or zest_hf.select(model, batch, config).to_json(...)), then train with "
+                "ZestConfig.from_json('zest.json')."
+            )
+
+
+def _check_weights_finite(tlist: Sequence[Target]) -> None:
+    bad = [t.name for t in tlist if not bool(torch.isfinite(t.weight.detach()).all())]
+    if bad:
+        raise NonFiniteError(f"{len(bad)} candidate layer(s) hold NaN or inf weights: {bad[:5]}. The model was "
+                             "damaged before the probe (a diverged run, an fp16 overflow, a bad checkpoint); reload it.")
 
 
 def _apply(chosen: Sequence[Metric], source: str, w: torch.Tensor, x, row: dict) -> None:

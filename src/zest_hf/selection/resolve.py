@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from ..validation import check_size
+from ..validation import check_cost_weight, check_size
 from .rules import backward_cost, choose
 
 __all__ = ["select"]
@@ -39,6 +39,7 @@ def select(model: nn.Module, batch: Mapping, config, *, progress: bool = False):
 
     if config.is_resolved:
         return config
+    check_cost_weight(config.cost_weight, error=ValueError)  # a value set after the config was built
     base = base_model(model)
     targets = find_targets(base, config.candidates, config.exclude_modules)
     check_size(config.top_k, config.budget, len(targets))

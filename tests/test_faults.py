@@ -1,0 +1,129 @@
+"""Bad inputs and broken files, each refused before any work, naming what is wrong (and the model left as it was)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import zest_hf
+from helpers import tiny_bert_cls, tiny_llama, token_batch
+from zest_hf import MissingLabelsError, NonFiniteError, ZestConfig
+from zest_hf.predictor import PredictorError, ZestPredictor, load_predictor
+from zest_hf.sparse_zo import SparseZOConfig, sensitive_mask
+
+
+class _Forwards:
+    """Counts forward passes of a model: a check 'before any pass' must leave it at 0."""
+
+    def __init__(self, model):
+        self.n = 0
+        self.handle = model.register_forward_hook(self._count)
+
+    def _count(self, *a):
+        self.n += 1
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_sensitive_mask_gives_every_module_its_own_mode_back():
+    model = tiny_llama()
+    model.train()
+    model.model.layers[1].eval()  # a submodule the user keeps in eval
+    modes = {n: m.training for n, m in model.named_modules()}
+    sensitive_mask(model, [token_batch()], percent=1.0, progress=False)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+
+
+def test_a_non_finite_weight_is_refused_naming_the_layer():
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    count = _Forwards(model)
+    with pytest.raises(NonFiniteError, match=r"model\.layers\.1\.mlp\.down_proj"):
+        zest_hf.probe(model, token_batch())
+    assert count.n == 0
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_the_probe_works_inside_no_grad_and_inference_mode(mode):
+    model, batch = tiny_llama(), token_batch()
+    ref = zest_hf.probe(model, batch, seed=0)
+    ctx = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with ctx:
+        inside = zest_hf.probe(model, token_batch(), seed=0)
+        assert not torch.is_grad_enabled()  # the caller's mode is back
+    assert ref.values == inside.values
+
+
+def test_an_all_padding_batch_and_an_out_of_range_label_are_refused_before_any_pass():
+    llama = tiny_llama()
+    batch = token_batch()
+    batch["attention_mask"][:] = 0
+    count = _Forwards(llama)
+    with pytest.raises(MissingLabelsError, match="all padding"):
+        zest_hf.probe(llama, batch)
+    bert = tiny_bert_cls(num_labels=3)
+    b = token_batch()
+    b["labels"] = torch.tensor([0, 1, 2, 3])
+    count_b = _Forwards(bert)
+    with pytest.raises(ValueError, match=r"class ids 0\.\.3, but BertForSequenceClassification has num_labels=3"):
+        zest_hf.probe(bert, b)
+    assert count.n == count_b.n == 0
+
+
+def test_a_cost_weight_set_after_the_config_was_built_is_refused_before_the_probe():
+    model = tiny_llama()
+    cfg = ZestConfig(top_k=2, predictor="metric:grad_norm")
+    cfg.cost_weight = -1
+    count = _Forwards(model)
+    with pytest.raises(ValueError, match="cost_weight must be a number >= 0"):
+        zest_hf.select(model, token_batch(), cfg)
+    assert count.n == 0
+
+
+def _saved_predictor(tmp_path):
+    d = tmp_path / "pred"
+    ZestPredictor(metrics=["snip", "grad_norm"], arch="linear").save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("content, match", [
+    ("", "not valid JSON"), ("{", "not valid JSON"), ("[1, 2]", "got list"),
+    ('{"arch": "linear"}', r"with keys \['arch'\]"),
+])
+def test_a_malformed_predictor_config_is_a_predictor_error(tmp_path, content, match):
+    d = _saved_predictor(tmp_path)
+    (d / "config.json").write_text(content)
+    with pytest.raises(PredictorError, match=match):
+        load_predictor(d)
+
+
+def test_a_predictor_with_nan_weights_is_refused_at_load_naming_the_tensor(tmp_path):
+    d = _saved_predictor(tmp_path)
+    state = load_file(d / "model.safetensors")
+    state["net.weight"][0, 0] = float("nan")
+    save_file(state, d / "model.safetensors")
+    with pytest.raises(PredictorError, match=r"NaN or inf in \['net\.weight'\]"):
+        load_predictor(d)
+    assert json.loads((d / "config.json").read_text())["arch"] == "linear"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"percent": True}, "percent must be in"), ({"weight_decay": -1}, "weight_decay must be a number >= 0"),
+    ({"mask_batches": 1.5}, "mask_batches must be an integer >= 1"), ({"blocksize": 0}, "blocksize must be >= 1"),
+])
+def test_sparse_zo_config_refuses_what_its_fields_cannot_be(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SparseZOConfig(**kwargs)
+
+
+def test_a_sharded_model_is_refused_with_the_select_then_train_route():
+    model = tiny_llama()
+    model.model.layers[0].mlp.up_proj.weight.ds_id = 7  # what DeepSpeed ZeRO-3 puts on a partitioned parameter
+    count = _Forwards(model)
+    with pytest.raises(ValueError, match=r"sharded by DeepSpeed ZeRO-3.*zest select .* --config-out"):
+        zest_hf.select(model, token_batch(), ZestConfig(top_k=2, predictor="metric:grad_norm"))
+    assert count.n == 0

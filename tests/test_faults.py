@@ -127,3 +127,24 @@ def test_a_sharded_model_is_refused_with_the_select_then_train_route():
     with pytest.raises(ValueError, match=r"sharded by DeepSpeed ZeRO-3.*zest select .* --config-out"):
         zest_hf.select(model, token_batch(), ZestConfig(top_k=2, predictor="metric:grad_norm"))
     assert count.n == 0
+
+
+def test_a_saved_adapter_tells_a_person_what_it_is_and_what_loading_needs(tmp_path):
+    import subprocess
+    import sys
+
+    import peft
+
+    model = tiny_llama()
+    cfg = ZestConfig(selected_modules=["model.layers.1.mlp.up_proj"], modules_to_save=[])
+    peft.get_peft_model(model, cfg).save_pretrained(tmp_path / "full")
+    card = (tmp_path / "full" / "README.md").read_text()
+    assert card.startswith("---") and "import zest_hf" in card and "KeyError: 'ZEST'" in card
+    lora = peft.get_peft_model(tiny_llama(), ZestConfig(selected_modules=["model.layers.1.mlp.up_proj"], mode="lora"))
+    lora.save_pretrained(tmp_path / "lora")
+    assert "loadable without zest_hf" in (tmp_path / "lora" / "README.md").read_text()
+    # what the card warns about: peft alone does not know the method
+    code = ("import peft, transformers; from peft import PeftConfig; "
+            f"PeftConfig.from_pretrained({str(tmp_path / 'full')!r})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode != 0 and "ZEST" in out.stderr

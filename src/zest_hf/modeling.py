@@ -128,7 +128,8 @@ def uses_reentrant_checkpointing(model: nn.Module) -> bool:
     import functools
 
     base = base_model(model)
-    if not getattr(base, "is_activation_checkpointing", getattr(base, "is_gradient_checkpointing", False)):
+    on = getattr(base, "is_activation_checkpointing", None)  # transformers 5; older ones name it is_gradient_...
+    if not (on if on is not None else getattr(base, "is_gradient_checkpointing", False)):
         return False
     for module in base.modules():
         fn = getattr(module, "_gradient_checkpointing_func", None)

@@ -285,6 +285,13 @@ class ZestConfig(JsonSerializable, PeftConfig):
         check_keys(d, names | {"peft_type"}, "ZestConfig", source)
         return cls(**{k: v for k, v in d.items() if k != "peft_type"})
 
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """peft's ``adapter_config.json``, and a model card that says what the adapter is and what loading it
+        needs (peft writes its generic card just before; this puts ZEST's words at its top)."""
+        super().save_pretrained(save_directory, **kwargs)
+        _add_card_section(Path(save_directory), _FULL_CARD.format(
+            n=len(self.selected_modules or []), head=self.modules_to_save or "none", version=_zest_version()))
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder: Optional[str] = None, **kwargs):
         """Load the ZEST config of a saved adapter or Trainer checkpoint.
@@ -310,6 +317,51 @@ class ZestConfig(JsonSerializable, PeftConfig):
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
 
+_FULL_CARD = """## A ZEST adapter (full mode)
+
+Written by [zest_hf](https://pypi.org/project/zest_hf/) {version}: {n} projections of the base model, trained in
+place, and the head ({head}), saved as safetensors; `adapter_config.json` has `peft_type: ZEST` and the selection.
+Loading needs zest_hf, imported first, so that peft knows the ZEST method:
+
+```python
+import zest_hf, peft                       # pip install zest_hf
+model = peft.PeftModel.from_pretrained(base_model, "<this directory or repo>")
+```
+
+Without `import zest_hf`, peft stops with `KeyError: 'ZEST'`. `model.merge_and_unload()` gives a plain transformers
+model holding the trained weights.
+"""
+
+_LORA_CARD = """## A LoRA adapter placed by ZEST
+
+A stock peft LoRA adapter (`peft_type: LORA`), loadable without zest_hf; [zest_hf](https://pypi.org/project/zest_hf/)
+{version} chose its {n} target modules from one training batch, and `zest_selection.json` records that selection
+(`zest_hf.ZestConfig.from_pretrained(dir)` reads it back).
+"""
+
+
+def _zest_version() -> str:
+    from .._version import __version__
+
+    return __version__
+
+
+def _add_card_section(directory: Path, section: str) -> None:
+    """Put ``section`` at the top of the card's body in ``directory/README.md`` (created if missing)."""
+    from ..serialization import write_atomic
+
+    path = directory / "README.md"
+    text = path.read_text() if path.exists() else ""
+    if section.splitlines()[0] in text:
+        return
+    if text.startswith("---"):  # keep the YAML metadata block first
+        end = text.index("---", 3) + 3
+        text = text[:end] + "\n\n" + section + "\n" + text[end:].lstrip("\n")
+    else:
+        text = section + "\n" + text
+    write_atomic(path, text)
+
+
 class ZestLoraConfig(LoraConfig):
     """A stock :class:`peft.LoraConfig` (same fields, same ``adapter_config.json``) that also records the ZEST
     selection it came from in ``zest_selection.json``. Stock peft, without zest_hf, loads what it saves."""
@@ -320,3 +372,5 @@ class ZestLoraConfig(LoraConfig):
         super().save_pretrained(save_directory, **kwargs)
         if self.zest_config is not None:
             self.zest_config.to_json(Path(save_directory) / SELECTION_FILE)
+            _add_card_section(Path(save_directory), _LORA_CARD.format(
+                n=len(self.zest_config.selected_modules), version=_zest_version()))

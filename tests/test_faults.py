@@ -148,3 +148,36 @@ def test_a_saved_adapter_tells_a_person_what_it_is_and_what_loading_needs(tmp_pa
             f"PeftConfig.from_pretrained({str(tmp_path / 'full')!r})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode != 0 and "ZEST" in out.stderr
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("damage", ["truncated", "other selection"])
+def test_a_failed_adapter_load_leaves_the_base_exactly_as_it_was(tmp_path, mode, damage):
+    import peft
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from zest_hf.errors import SelectionError
+
+    names = ["model.layers.1.mlp.up_proj", "model.layers.0.self_attn.v_proj"]
+    peft.get_peft_model(tiny_llama(), ZestConfig(selected_modules=names, mode=mode, modules_to_save=[])
+                        ).save_pretrained(tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:  # the config names one module, the file holds another's weights
+        where = tmp_path / ("adapter_config.json" if mode == "full" else "zest_selection.json")
+        cfg = json.loads(where.read_text())
+        cfg["selected_modules"] = ["model.layers.1.mlp.down_proj", names[1]]
+        cfg["selection_scores"] = [1.0, 0.5]
+        cfg["target_modules"] = cfg["selected_modules"]
+        where.write_text(json.dumps(cfg))
+    base = tiny_llama()
+    state, flags = _state(base), [p.requires_grad for p in base.parameters()]
+    with pytest.raises(SelectionError, match=str(weights).replace(".", r"\.")):
+        if mode == "full":
+            peft.PeftModel.from_pretrained(base, tmp_path)
+        else:
+            ZestConfig.from_pretrained(tmp_path)
+    assert not any(isinstance(m, BaseTunerLayer) for m in base.modules()) and not hasattr(base, "peft_config")
+    assert [p.requires_grad for p in base.parameters()] == flags
+    assert all(torch.equal(v, state[k]) for k, v in base.state_dict().items())

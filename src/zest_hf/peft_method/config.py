@@ -307,14 +307,53 @@ class ZestConfig(JsonSerializable, PeftConfig):
         if path.is_dir():
             adapter_cfg = path / "adapter_config.json"
             if adapter_cfg.is_file() and json.loads(adapter_cfg.read_text()).get("peft_type") == "ZEST":
-                return cls.from_json(adapter_cfg)
-            if (path / SELECTION_FILE).is_file():
-                return cls.from_json(path / SELECTION_FILE)
+                config = cls.from_json(adapter_cfg)
+            elif (path / SELECTION_FILE).is_file():
+                config = cls.from_json(path / SELECTION_FILE)
+            else:
+                config = None
+            if config is not None:
+                # peft reads this config before it touches the base model, and the weights only after wrapping it:
+                # checking the weights file here is what keeps a failed load from leaving the base changed
+                check_adapter_weights(path, config)
+                return config
             raise SelectionError(
                 f"{path} holds no ZEST selection (neither a ZEST adapter_config.json nor {SELECTION_FILE}); it was not "
                 "saved by a ZEST model."
             )
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+def check_adapter_weights(directory: Path, config: "ZestConfig") -> None:
+    """Refuse a saved adapter whose weights file is unreadable (truncated, not safetensors) or holds another
+    selection than its config: each selected module must have its tensors (``zest_layer`` in full mode, ``lora_A``
+    / ``lora_B`` in LoRA mode) and no other module may. Reads only the file's header."""
+    file = Path(directory) / WEIGHTS_FILE
+    if not file.is_file() or not config.is_resolved:
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), "pt") as f:
+            keys = list(f.keys())
+    except Exception as e:  # safetensors raises its own error types for a torn or foreign file
+        raise SelectionError(f"{file} is not a readable safetensors file ({type(e).__name__}: {e}): it is truncated "
+                             "or was not written by save_pretrained; re-save or re-download the adapter. Nothing "
+                             "was changed.") from None
+    marks = (".zest_layer.",) if config.mode == "full" else (".lora_A.", ".lora_B.")
+    owners = {f".{k}".split(m)[0].lstrip(".") for k in keys for m in marks if m in f".{k}"}
+    selected = set(config.selected_modules)
+    missing = sorted(n for n in selected if not any(o == n or o.endswith(f".{n}") for o in owners))
+    foreign = sorted(o for o in owners if not any(o == n or o.endswith(f".{n}") for n in selected))
+    if missing or foreign:
+        raise SelectionError(
+            f"{file} does not hold the selection its config names: no weights for {missing[:4]}, weights of "
+            f"unselected modules {foreign[:4]}. The config and the weights come from different saves; re-save the "
+            "adapter. Nothing was changed."
+        )
 
 
 _FULL_CARD = """## A ZEST adapter (full mode)

@@ -275,7 +275,7 @@ def test_full_mode_refuses_what_does_not_fit_before_touching_the_model(tmp_path)
     cfg_path.write_text(json.dumps(d))
     params = dict(base.named_parameters())
     snapshot = {k: v.detach().clone() for k, v in params.items()}
-    with pytest.raises(SelectionError, match="do not match this model's ZEST selection"):
+    with pytest.raises(SelectionError, match="does not hold the selection its config names"):
         PeftModel.from_pretrained(base, tmp_path / "bert")
     assert all(torch.equal(params[k], v) for k, v in snapshot.items())
 

@@ -25,6 +25,8 @@ import datasets
 import numpy as np
 import torch
 
+from .tokenize import IGNORE_INDEX
+
 __all__ = ["SHAPES", "COLUMN_ROLES", "load_user_dataset", "detect_shape", "user_task", "sft_batch"]
 
 SHAPES = ("classification", "prompt_completion", "messages")
@@ -32,7 +34,6 @@ SHAPES = ("classification", "prompt_completion", "messages")
 COLUMN_ROLES = {"text": "text", "label": "label", "prompt": "prompt", "completion": "completion",
                 "messages": "messages"}
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-IGNORE_INDEX = -100
 
 
 def load_user_dataset(source: str | os.PathLike, split: str = "train") -> datasets.Dataset:

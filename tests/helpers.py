@@ -8,8 +8,9 @@ import transformers
 
 
 def tiny_llama(**kw):
-    cfg = transformers.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=4, pad_token_id=0, **kw)
+    kw = {"num_hidden_layers": 2, **kw}
+    cfg = transformers.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                   num_key_value_heads=4, pad_token_id=0, **kw)
     return transformers.LlamaForCausalLM(cfg)
 
 

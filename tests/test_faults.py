@@ -1,5 +1,6 @@
 """Bad inputs and broken files, each refused before any work, naming what is wrong (and the model left as it was)."""
 
+import copy
 import json
 
 import pytest
@@ -181,3 +182,90 @@ def test_a_failed_adapter_load_leaves_the_base_exactly_as_it_was(tmp_path, mode,
     assert not any(isinstance(m, BaseTunerLayer) for m in base.modules()) and not hasattr(base, "peft_config")
     assert [p.requires_grad for p in base.parameters()] == flags
     assert all(torch.equal(v, state[k]) for k, v in base.state_dict().items())
+
+
+def test_a_lora_adapter_naming_modules_the_base_lacks_is_refused_by_load_adapter(tmp_path):
+    import peft
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from zest_hf.errors import SelectionError
+
+    names = ["model.layers.3.mlp.up_proj", "model.layers.0.self_attn.v_proj"]
+    peft.get_peft_model(tiny_llama(num_hidden_layers=4), ZestConfig(selected_modules=names, mode="lora")
+                        ).save_pretrained(tmp_path)
+    small = tiny_llama(num_hidden_layers=2)
+    state = _state(small)
+    with pytest.raises(SelectionError, match=r"model\.layers\.3\.mlp\.up_proj"):
+        zest_hf.load_adapter(small, tmp_path)
+    assert not any(isinstance(m, BaseTunerLayer) for m in small.modules())
+    assert all(torch.equal(v, state[k]) for k, v in small.state_dict().items())
+    # what the README warns about: stock peft loads it, skipping the missing block's weights
+    stock = peft.PeftModel.from_pretrained(tiny_llama(num_hidden_layers=2), tmp_path)
+    assert not any("layers.3" in n for n, _ in stock.named_modules())
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_load_adapter_gives_the_base_back_when_peft_fails_after_wrapping_it(tmp_path, mode, monkeypatch):
+    import peft
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    names = ["model.layers.1.mlp.up_proj", "model.layers.0.self_attn.v_proj"]
+    trained = peft.get_peft_model(tiny_llama(), ZestConfig(selected_modules=names, mode=mode, modules_to_save=[]))
+    with torch.no_grad():  # saved weights that differ from the base's, so a half-done load would show
+        for n, p in trained.named_parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    trained.save_pretrained(tmp_path)
+    base = tiny_llama()
+    state, flags = _state(base), [p.requires_grad for p in base.parameters()]
+    modules = dict(base.named_modules())
+    loaded = {}
+
+    def fail_after_writing(self, *a, **k):
+        loaded["result"] = real(self, *a, **k)  # the weights are in; then something later breaks
+        raise OSError("disk went away")
+
+    real = peft.PeftModel.load_adapter
+    monkeypatch.setattr(peft.PeftModel, "load_adapter", fail_after_writing)
+    with pytest.raises(OSError, match="disk went away"):
+        zest_hf.load_adapter(base, tmp_path)
+    assert "result" in loaded  # the failure came after peft wrapped the base and wrote the weights
+    assert not any(isinstance(m, BaseTunerLayer) for m in base.modules()) and "peft_config" not in vars(base)
+    assert dict(base.named_modules()).keys() == modules.keys()
+    assert all(base.get_submodule(n) is m for n, m in modules.items())
+    assert [p.requires_grad for p in base.parameters()] == flags
+    assert all(torch.equal(v, state[k]) for k, v in base.state_dict().items())
+    monkeypatch.undo()
+    good = zest_hf.load_adapter(base, tmp_path)  # and the good adapter then loads onto it
+    twin = tiny_llama()
+    twin.load_state_dict(state)
+    ref = peft.PeftModel.from_pretrained(twin, tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(good.state_dict().values(), ref.state_dict().values()))
+
+
+def test_a_truncated_lora_adapter_is_refused_by_load_adapter_naming_the_file(tmp_path):
+    import peft
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from zest_hf.errors import SelectionError
+
+    peft.get_peft_model(tiny_llama(), ZestConfig(selected_modules=["model.layers.1.mlp.up_proj"], mode="lora")
+                        ).save_pretrained(tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    base = tiny_llama()
+    with pytest.raises(SelectionError, match=str(weights).replace(".", r"\.")):
+        zest_hf.load_adapter(base, tmp_path)
+    assert not any(isinstance(m, BaseTunerLayer) for m in base.modules())
+
+
+def test_reentrant_checkpointing_in_train_mode_probes_like_plain_train_mode():
+    plain = tiny_llama(attention_dropout=0.0)
+    ref = zest_hf.probe(plain, token_batch(), train_mode=True, seed=0)
+    model = copy.deepcopy(plain)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    hooks = {n: dict(m._forward_hooks) for n, m in model.named_modules()}
+    out = zest_hf.probe(model, token_batch(), train_mode=True, seed=0)
+    for col in ("snip", "grad_norm", "synflow"):
+        assert out.values[col] == pytest.approx(ref.values[col], rel=1e-5, abs=1e-9), col
+    assert {n: dict(m._forward_hooks) for n, m in model.named_modules()} == hooks  # its own hook is gone

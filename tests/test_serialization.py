@@ -87,3 +87,95 @@ def test_a_writer_killed_mid_write_leaves_a_whole_file(tmp_path):
             assert json.loads(path.read_text())["pad"] == "x" * (1 << 20)
     assert path.exists(), "the writer never finished one file: the test proved nothing"
     assert not [p for p in tmp_path.iterdir() if p.name != "out.json" and not p.name.endswith(".tmp")]
+
+
+PREDICTOR_WRITER = """
+import sys, torch
+from zest_hf.predictor import ZestPredictor
+path, i = sys.argv[1], 0
+while True:
+    i += 1
+    p = ZestPredictor(metrics=["m%d" % k for k in range(400)], hidden=256, trained_on={"i": i})
+    with torch.no_grad():
+        for w in p.parameters():
+            w.fill_(i)
+    p.save_pretrained(path)
+    print(i, flush=True)
+"""
+
+def _kill_repeatedly(script, path, check):
+    """Let the writer finish one save, then kill it at a different moment of its save loop each time: every kill
+    must leave a whole save behind (a writer that removes or rewrites a file in place leaves it missing or torn)."""
+    for trial in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline(), "the writer died before its first save"
+            time.sleep(0.05 + 0.17 * trial)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        assert check(path), f"trial {trial}: the kill left no whole save behind"
+
+
+def test_a_predictor_writer_killed_mid_save_leaves_a_loadable_predictor(tmp_path):
+    from zest_hf.predictor import load_predictor
+
+    def check(path):
+        if not (path / "config.json").exists() and not (path / "model.safetensors").exists():
+            return False
+        p = load_predictor(path)  # both files whole, and matching each other's shapes
+        i = p.trained_on["i"]
+        # each file is one save's; the weights move in first, so they are the config's save or the next one
+        assert {float(v) for w in p.parameters() for v in w.detach().flatten()[:3]} <= {float(i), float(i + 1)}
+        return True
+
+    _kill_repeatedly(PREDICTOR_WRITER, tmp_path / "pred", check)
+
+
+def _sparse_model():
+    import torch
+    import transformers
+
+    from zest_hf.sparse_zo import attach_sparse
+    from zest_hf.sparse_zo.mask import SensitiveMask
+
+    cfg = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=4)
+    model = transformers.LlamaForCausalLM(cfg)
+    shapes = {n: tuple(m.weight.shape) for n, m in model.named_modules() if n.endswith("_proj")}
+    mask = SensitiveMask(indices={n: torch.arange(0, s[0] * s[1], 7) for n, s in shapes.items()}, shapes=shapes,
+                         percent=14.0)
+    return attach_sparse(model, mask, quantize=None), mask
+
+
+@pytest.mark.parametrize("kind", ["sparse delta", "sensitive mask"])
+def test_a_safetensors_writer_that_dies_half_way_leaves_the_old_file(kind, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from zest_hf.sparse_zo import SparseZOConfig, read_sparse_delta, save_sparse_delta
+    from zest_hf.sparse_zo.mask import SensitiveMask
+
+    model, mask = _sparse_model()
+    if kind == "sparse delta":
+        path = tmp_path / "sparse_delta.safetensors"
+        save, read = (lambda: save_sparse_delta(model, tmp_path, SparseZOConfig(quantize=None))), read_sparse_delta
+    else:
+        path = tmp_path / "mask.safetensors"
+        save, read = (lambda: mask.save(path)), SensitiveMask.load
+    save()
+    before = path.read_bytes()
+    real = safetensors.torch.save_file
+
+    def dies_half_way(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata)
+        data = open(filename, "rb").read()
+        open(filename, "wb").write(data[: len(data) // 2])  # what a process killed mid-write leaves
+        raise OSError("killed")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)
+    with pytest.raises(OSError, match="killed"):
+        save()
+    assert path.read_bytes() == before
+    read(path)  # still whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["sparse_delta.safetensors", "sparse_zo_config.json"] if kind == "sparse delta" else ["mask.safetensors"])

@@ -318,3 +318,27 @@ def test_resuming_from_a_checkpoint_continues_the_same_run(tmp_path):
     assert resumed.state.global_step == 6
     for a, b in zip(tunable_values(full.model), tunable_values(resumed.model)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("quantize", [None, "fp4"])
+def test_load_sparse_zo_rebuilds_the_quantisation_the_run_used(tmp_path, quantize):
+    from zest_hf.sparse_zo import save_sparse_delta
+
+    torch.manual_seed(0)
+    base = tiny_llama()
+    model = copy.deepcopy(base)
+    mask = sensitive_mask(model, [lm_batch()], percent=2.0, progress=False)
+    attach_sparse(model, mask, quantize=quantize)
+    for v in tunable_values(model):
+        v.data.add_(0.5)
+    save_sparse_delta(model, tmp_path, SparseZOConfig(quantize=quantize))
+    rebuilt = load_sparse_zo(copy.deepcopy(base), tmp_path)  # no settings given: the saved ones
+    b = lm_batch(5)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(**b).logits, model.eval()(**b).logits)
+    fresh = copy.deepcopy(base)
+    before = state(fresh)
+    with pytest.raises(ValueError, match=rf"quantize={quantize!r}.*quantize='nf4' was asked for"):
+        load_sparse_zo(fresh, tmp_path, quantize="nf4")
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
+    assert not sparse_layers(fresh)

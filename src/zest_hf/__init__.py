@@ -44,6 +44,7 @@ __all__ = [
     "ZestCallback",
     "ZestConfig",
     "find_targets",
+    "load_adapter",
     "prepare_trainer",
     "probe",
     "register_metric",
@@ -56,6 +57,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "METRICS": ".metrics", "register_metric": ".metrics", "resolve_metrics": ".metrics",
     "ProbeResult": ".probe.result", "probe": ".probe.run",
     "select": ".selection.resolve",
-    "ZestConfig": ".peft_method.config",
+    "ZestConfig": ".peft_method.config", "load_adapter": ".peft_method.load",
     "ZestCallback": ".train.callback", "prepare_trainer": ".train.callback",
 })

@@ -2,7 +2,8 @@
 
 * ``obj.to_json(path=None) -> str``: the JSON text; with ``path`` it is also written there, atomically (a temporary
   file in the same directory, then ``os.replace``), so a writer killed mid-write leaves the old file or the new one,
-  never a torn one.
+  never a torn one. Binary files (safetensors weights, sparse deltas, masks, predictors) go through the same
+  :func:`atomic_target`.
 * ``Cls.from_json(path_or_text)``: a path to such a file, or the JSON text itself (text starts with ``{``).
 * Strict both ways: no NaN or infinity in the text (a ProbeResult writes its non-finite values as strings), and a
   key the class does not know is an error naming it, since a newer zest_hf may have written it and dropping it
@@ -18,24 +19,36 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["JsonSerializable", "write_atomic", "check_keys", "read_json"]
+__all__ = ["JsonSerializable", "atomic_target", "write_atomic", "check_keys", "read_json"]
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers only ever see the old content or the whole new one."""
+@contextlib.contextmanager
+def atomic_target(path: str | os.PathLike):
+    """Yield a temporary path beside ``path`` to write to (by any writer: text, safetensors, a whole file); when the
+    block ends without an error it replaces ``path`` in one rename, else it is removed. Readers, and a process
+    killed mid-write, see the old file or the whole new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes are on disk before the rename makes them the file
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_target`)."""
+    with atomic_target(path) as tmp:
+        tmp.write_text(text)
 
 
 def read_json(path_or_text: str | os.PathLike, what: str) -> tuple[dict, str]:

@@ -1,7 +1,8 @@
 """ZEST as a peft method: ``peft.get_peft_model(model, ZestConfig(...))`` and ``PeftModel.from_pretrained``.
 
 One folder, as peft's own tuners: ``config.py`` (what to select and how to train it), ``layer.py`` (one selected
-projection, trained in place), ``model.py`` (walks the model, wraps the selection, saves and loads it).
+projection, trained in place), ``model.py`` (walks the model, wraps the selection, saves and loads it), ``load.py`` (loading a saved
+adapter all or nothing).
 
 peft's ``PeftType`` enum is closed to other packages (``register_peft_method`` refuses unknown names), so
 :func:`register` adds ``"ZEST"`` to the dicts peft looks methods up in. Importing this package calls it, and
@@ -14,6 +15,7 @@ import importlib
 
 from .config import MODES, PEFT_TYPE, PREFIX, SELECTION_FILE, ZestConfig, ZestLoraConfig, ZestNotSelectedError
 from .layer import ZestAdapterError, ZestLayer
+from .load import load_adapter
 from .model import ZestModel, check_modules
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "ZestModel",
     "ZestNotSelectedError",
     "check_modules",
+    "load_adapter",
     "register",
 ]
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -215,6 +216,35 @@ class ZestPredictor(
             metrics=", ".join(self.metrics) or "none (data-free prior)", seed=self.trained_on.get("seed"),
             steps=self.trained_on.get("steps"), num_tasks=len(tasks), tasks=", ".join(tasks),
             held_out=held_out or "(not evaluated)", notes=notes, **kwargs)
+
+    # ---- saving: huggingface_hub's writer, made atomic file by file
+    def save_pretrained(self, save_directory, *, push_to_hub: bool = False, repo_id: str | None = None,
+                        **kwargs):
+        """huggingface_hub's ``save_pretrained`` (``config.json``, ``model.safetensors``, the card), written into a
+        temporary directory beside ``save_directory`` and then moved in file by file with ``os.replace``: a process
+        killed while saving leaves each file old or new, never torn. The weights go in before the config, and
+        loading checks that the two match. An existing README.md is kept, as huggingface_hub does."""
+        import shutil
+        import tempfile
+
+        target = Path(save_directory)
+        target.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            config = kwargs.pop("config", None)
+            super().save_pretrained(staging, config=config, model_card_kwargs=kwargs.pop("model_card_kwargs", None))
+            order = sorted(staging.iterdir(), key=lambda f: (f.name == "config.json", f.name))
+            for f in order:
+                if f.name == "README.md" and (target / f.name).exists():
+                    continue
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(f, target / f.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if push_to_hub:
+            return self.push_to_hub(repo_id=repo_id or target.name, config=config, **kwargs)
+        return None
 
     # ---- loading: huggingface_hub's documented hook, strict, safetensors only
     @classmethod

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import NonFiniteError
 from ..metrics import ActStats, Metric, resolve_metrics
-from ..modeling import device_of, unwrap_parallel
+from ..modeling import device_of, unwrap_parallel, uses_reentrant_checkpointing
 from ..targets import Target, find_targets
 from .batch import check_batch, model_loss, prepare_batch
 from .result import ProbeResult
@@ -232,6 +232,8 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
     with session.hooks() as add_hook:
         for i, t in enumerate(tlist):
             add_hook(t.module.register_forward_hook(forward_hook(i)))
+        if _needs_input_grad(model):
+            add_hook(model.get_input_embeddings().register_forward_hook(_require_grad))
         loss_value, bad_grads = _forward_backward(model, tlist, data, chosen, sources, rows, session, add_hook)
 
     if bad_grads:
@@ -301,6 +303,18 @@ def _forward_backward(model, tlist, data, chosen, sources, rows, session: Sessio
         return loss.item(), bad_grads
 
 
+def _needs_input_grad(model: nn.Module) -> bool:
+    """Reentrant checkpointing (active in train mode only) passes no gradient back through a block whose input does
+    not require grad; the probe then makes the block inputs require grad for its own passes."""
+    return model.training and uses_reentrant_checkpointing(model)
+
+
+def _require_grad(module, args, output):
+    if torch.is_tensor(output) and not output.requires_grad:
+        return output.requires_grad_(True)
+    return None
+
+
 def _drop_after(fn, i):
     def hook(p: torch.Tensor) -> None:
         fn(i, p.grad)
@@ -322,6 +336,8 @@ def _synflow_pass(model, tlist, data, chosen, rows, session: Session) -> None:
         ids = data.get("input_ids")
         shape = (1, *ids.shape[1:]) if torch.is_tensor(ids) else (1, *data["inputs_embeds"].shape[1:-1])
         ones = torch.ones(*shape, hidden, dtype=emb.weight.dtype, device=emb.weight.device)
+        # the all-ones input bypasses the embedding layer, so no embedding hook can make it require grad
+        ones.requires_grad_(_needs_input_grad(model))
         kwargs = {"inputs_embeds": ones, "attention_mask": torch.ones(shape, dtype=torch.long, device=ones.device)}
         if "use_cache" in data:
             kwargs["use_cache"] = False

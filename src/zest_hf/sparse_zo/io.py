@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..serialization import atomic_target
+
 __all__ = ["DELTA_FILE", "CONFIG_FILE", "save_sparse_delta", "read_sparse_delta", "apply_sparse_delta",
-           "load_sparse_zo"]
+           "load_sparse_zo", "SAVED"]
 
 DELTA_FILE = "sparse_delta.safetensors"
 CONFIG_FILE = "sparse_zo_config.json"
@@ -41,7 +43,8 @@ def save_sparse_delta(model: nn.Module, directory: str | Path, config=None) -> P
         meta["config"] = json.dumps(config.to_dict())
         config.to_json(directory / CONFIG_FILE)
     path = directory / DELTA_FILE
-    save_file(tensors, str(path), metadata=meta)
+    with atomic_target(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
@@ -106,15 +109,47 @@ def apply_sparse_delta(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def load_sparse_zo(model: nn.Module, path: str | Path, *, quantize: str | None = "nf4", blocksize: int = 64,
-                   double_quant: bool = True, target_modules=None) -> nn.Module:
-    """Rebuild the trained sparse model on a fresh base: frozen weights in 4 bit (``quantize``), the trained
-    coordinates exact in fp32 (for inference on little memory, or to continue zeroth-order training)."""
+#: ``load_sparse_zo``'s default for each quantisation setting: what the saved run used.
+SAVED = "saved"
+_QUANT_FIELDS = {"quantize": "nf4", "blocksize": 64, "double_quant": True}  # what a delta without a config assumes
+
+
+def load_sparse_zo(model: nn.Module, path: str | Path, *, quantize=SAVED, blocksize=SAVED, double_quant=SAVED,
+                   target_modules=None) -> nn.Module:
+    """Rebuild the trained sparse model on a fresh base: frozen weights quantised as the run had them, the trained
+    coordinates exact in fp32 (for inference on little memory, or to continue zeroth-order training).
+
+    ``quantize``, ``blocksize`` and ``double_quant`` default to the saved run's settings (its config, written by
+    ``save_sparse_delta``); the rebuilt model then computes what the trained one did. A value given explicitly that
+    differs from the saved one is an error: the trained coordinates were tuned against that quantised base.
+    Everything is checked before the model changes."""
     from .layers import attach_sparse
     from .mask import SensitiveMask
 
-    indices, values, shapes, _ = read_sparse_delta(path)
+    indices, values, shapes, meta = read_sparse_delta(path)
+    saved = _saved_quantization(meta, path)
+    asked = {"quantize": quantize, "blocksize": blocksize, "double_quant": double_quant}
+    settings = {}
+    for key, value in asked.items():
+        have = saved.get(key, _QUANT_FIELDS[key])
+        if value is not SAVED and key in saved and value != have:
+            raise ValueError(
+                f"{path} was trained with {key}={have!r}, and {key}={value!r} was asked for: its coordinates were "
+                f"tuned against the {have!r} base and would compute something else on another. Leave {key} out to "
+                "use the saved setting."
+            )
+        settings[key] = have if value is SAVED else value
     _check_against(model, indices, shapes, path)
     mask = SensitiveMask(indices=indices, shapes=shapes, percent=float("nan"))
-    return attach_sparse(model, mask, quantize=quantize, blocksize=blocksize, double_quant=double_quant,
-                         target_modules=target_modules, values=values)
+    return attach_sparse(model, mask, target_modules=target_modules, values=values, **settings)
+
+
+def _saved_quantization(meta: dict, path) -> dict:
+    """The quantisation settings recorded in a delta's metadata (empty for a delta saved without a config)."""
+    if "config" not in meta:
+        return {}
+    try:
+        config = json.loads(meta["config"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the saved config in its metadata is not valid JSON ({e}); re-save the run") from e
+    return {k: config[k] for k in _QUANT_FIELDS if k in config}

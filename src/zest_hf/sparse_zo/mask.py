@@ -43,12 +43,15 @@ class SensitiveMask:
 
         from safetensors.torch import save_file
 
+        from ..serialization import atomic_target
+
         tensors = {}
         for name, idx in self.indices.items():
             tensors[f"{name}.indices"] = idx.detach().cpu().contiguous()
             tensors[f"{name}.shape"] = torch.tensor(self.shapes[name], dtype=torch.int64)
-        save_file(tensors, str(path), metadata={"format": "zest_hf.SensitiveMask/1", "percent": str(self.percent),
-                                                "info": json.dumps(self.info)})
+        with atomic_target(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "zest_hf.SensitiveMask/1", "percent": str(self.percent),
+                                                   "info": json.dumps(self.info)})
 
     @classmethod
     def load(cls, path: str | Path) -> "SensitiveMask":

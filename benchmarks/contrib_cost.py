@@ -5,6 +5,8 @@ Measured side by side in ONE process on the same model, task, budget and batches
 * ``cached``: the collector's way. Block inputs below the trained layer are computed once per block
   (:meth:`zest_hf.contrib.ContribSetup.caches`) and each step runs blocks >= b only.
 * ``naive``: the same training run with a full forward from the embeddings at every step and evaluation.
+* ``fast`` (decoders): cached, and the vocab-sized LM head run only where the loss or a choice score reads it
+  (``ContribSetup.sparse_head``, what the collector does on a causal LM). On an encoder it is the cached run.
 
 The two are interleaved layer by layer (order alternating), so a change in machine load hits both alike, and their
 results are checked equal (the cache is exact). The layers timed are one per block, with the projection type
@@ -20,6 +22,8 @@ to give the paper's "ground truth costs ~1000x a probe" ratio on our data. The w
 
     python benchmarks/contrib_cost.py                           # MiniLM, multiemo, the collection budget (~10 min)
     python benchmarks/contrib_cost.py --steps 10 --eval-examples 128   # a quick look
+    python benchmarks/contrib_cost.py --model smollm2 --task bigbench:social_iqa --subset --steps 20 \
+        --eval-examples 128 --out benchmarks/results/contrib_cost_smollm2.json   # the decoder collection
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--probe-repeats", type=int, default=3)
+    ap.add_argument("--subset", action="store_true",
+                    help="the collected layer subset (SmolLM2: 6 depths x 7 types) rather than every layer")
     ap.add_argument("--out", default=str(HERE / "results" / "contrib_cost.json"))
     args = ap.parse_args()
 
@@ -84,20 +90,29 @@ def main() -> int:
     from tqdm.auto import tqdm
 
     sys.path.insert(0, str(ROOT / "scripts"))
-    from collect_ground_truth import BUDGETS, PROBE_BATCH  # the budgets the data set was collected with
+    from collect_ground_truth import BUDGETS, PROBE_BATCH, TASK_BUDGET, smollm2_subset  # the collection budgets
 
     from zest_hf.contrib import ContribBudget, setup_contributions
     from zest_hf.workflow import prepare
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    b = dict(BUDGETS.get(args.model, {}))
+    b = {**BUDGETS.get(args.model, {}), **TASK_BUDGET.get((args.model, args.task), {})}
     if args.steps:
         b["steps"] = args.steps
     if args.eval_examples:
         b["eval_examples"] = args.eval_examples
     budget = ContribBudget(**b)
-    setup = setup_contributions(args.model, args.task, seed=args.seed, budget=budget)
+    layers = None
+    if args.subset:
+        from zest_hf import find_targets
+        from zest_hf.models import load_model
+
+        m, _ = load_model(args.model, "causal_lm")
+        layers = smollm2_subset(find_targets(m))
+        del m
+    setup = setup_contributions(args.model, args.task, seed=args.seed, budget=budget, layers=layers)
+    modes = ("cached", "naive", "fast") if setup.sparse_head else ("cached", "naive")
     layers_per_block = {}
     for t in setup.targets:
         layers_per_block[t.block] = layers_per_block.get(t.block, 0) + 1
@@ -105,26 +120,28 @@ def main() -> int:
     last = len(setup.runner) - 1
 
     rows = []
-    for i, t in enumerate(tqdm(sample, desc="cached vs naive", unit="layer")):
+    for i, t in enumerate(tqdm(sample, desc=" vs ".join(modes), unit="layer")):
         blk = t.block if t is not None else last
         res = {}
-        for mode in (("cached", "naive") if i % 2 == 0 else ("naive", "cached")):
+        for mode in modes[i % len(modes):] + modes[:i % len(modes)]:  # the order rotates layer by layer
             t0 = time.perf_counter()
-            if mode == "cached":
+            if mode in ("cached", "fast"):
                 caches = setup.caches(blk)
                 t1 = time.perf_counter()
-                line = setup.run(t, blk, caches)
+                line = setup.run(t, blk, caches, sparse_head=mode == "fast")
                 del caches
-                res["capture_s"] = t1 - t0
+                res[f"{mode}_capture_s"] = t1 - t0
             else:
-                line = setup.run(t, blk)
+                line = setup.run(t, blk, sparse_head=False)
             res[f"{mode}_s"] = time.perf_counter() - t0
             res[f"{mode}_acc"] = line["val_acc"]
             res[f"{mode}_loss"] = line["val_loss"]
+        res["capture_s"] = res["cached_capture_s"]
         res.update(layer=line["layer"], block=blk, type=line["type"])
-        if res["cached_acc"] != res["naive_acc"] or abs(res["cached_loss"] - res["naive_loss"]) > 1e-4 * max(
-                1.0, abs(res["naive_loss"])):
-            raise AssertionError(f"cached and naive runs disagree on {res['layer']}: {res}")
+        for mode in modes[1:]:
+            if res["cached_acc"] != res[f"{mode}_acc"] or abs(res["cached_loss"] - res[f"{mode}_loss"]) > 1e-4 * max(
+                    1.0, abs(res[f"{mode}_loss"])):
+                raise AssertionError(f"cached and {mode} runs disagree on {res['layer']}: {res}")
         rows.append(res)
 
     layer_rows = [r for r in rows if r["type"] != "head"]
@@ -135,6 +152,10 @@ def main() -> int:
     est_cached = head["cached_s"] + sum(
         r["capture_s"] + layers_per_block[r["block"]] * (r["cached_s"] - r["capture_s"]) for r in layer_rows)
     est_naive = head["naive_s"] + sum(layers_per_block[r["block"]] * r["naive_s"] for r in layer_rows)
+    est_fast = None
+    if "fast" in modes:
+        est_fast = head["fast_s"] + sum(r["fast_capture_s"] + layers_per_block[r["block"]] * (
+            r["fast_s"] - r["fast_capture_s"]) for r in layer_rows)
 
     prep = prepare(args.model, args.task, batch_size=PROBE_BATCH, max_length=budget.max_length, seed=0)
     probe_times = time_probe(prep.model, prep.batch, args.probe_repeats)
@@ -146,6 +167,9 @@ def main() -> int:
         "sample_speedup": sample_naive / sample_cached,
         "collection_cached_est_s": est_cached, "collection_naive_est_s": est_naive,
         "collection_speedup_est": est_naive / est_cached,
+        "collection_fast_est_s": est_fast,
+        "fast_speedup_est": None if est_fast is None else est_cached / est_fast,
+        "fast_speedup_over_naive_est": None if est_fast is None else est_naive / est_fast,
         "probe_s": probe_s, "probe_times_s": probe_times, "probe_batch": list(prep.batch["input_ids"].shape),
         "collection_over_probe": est_cached / probe_s, "naive_collection_over_probe": est_naive / probe_s,
         "recorded_collection_wall_s": recorded_wall(args.model, args.task),
@@ -162,19 +186,24 @@ def main() -> int:
 
 def render(r: dict) -> str:
     b = r["budget"]
+    fast = r.get("fast_speedup_est") is not None
     lines = [
         "# Cost of ground truth: cached-block collection vs the naive loop, and vs one probe",
         "",
         f"`{r['command'].strip()}`: {r['model']} on {r['task']}, seed {r['seed']}, {r['threads']} threads, budget "
         f"{b['steps']} steps x {b['batch_size']} x {b['max_length']} tokens, {b['eval_examples']} validation "
-        "examples. Cached and naive runs interleaved layer by layer in one process; their accuracies are equal.",
+        "examples. The runs are interleaved layer by layer in one process (order rotating); their accuracies are "
+        "equal" + (" and their losses equal to 1e-4." if fast else "."),
         "",
-        "| layer | block | naive s | cached s (capture s) | speed-up |",
-        "| --- | --- | --- | --- | --- |",
+        "| layer | block | naive s | cached s (capture s) | speed-up |" + (" fast s | fast / cached |" if fast else ""),
+        "| --- | --- | --- | --- | --- |" + (" --- | --- |" if fast else ""),
     ]
     for x in r["rows"]:
-        lines.append(f"| {x['layer']} | {x['block']} | {x['naive_s']:.1f} | {x['cached_s']:.1f} "
-                     f"({x['capture_s']:.1f}) | {x['naive_s'] / x['cached_s']:.2f}x |")
+        line = (f"| {x['layer']} | {x['block']} | {x['naive_s']:.1f} | {x['cached_s']:.1f} "
+                f"({x['capture_s']:.1f}) | {x['naive_s'] / x['cached_s']:.2f}x |")
+        if fast:
+            line += f" {x['fast_s']:.1f} | {x['cached_s'] / x['fast_s']:.2f}x |"
+        lines.append(line)
     rec = r["recorded_collection_wall_s"]
     lines += [
         "",
@@ -182,6 +211,12 @@ def render(r: dict) -> str:
         f"- Whole collection of {r['num_layers']} layers + head, estimated from the sample (one capture per block): "
         f"cached {r['collection_cached_est_s'] / 60:.1f} min, naive {r['collection_naive_est_s'] / 60:.1f} min, "
         f"speed-up **{r['collection_speedup_est']:.2f}x**.",
+    ]
+    if fast:
+        lines.append(f"- With the LM head at the read positions only (the collector now): "
+                     f"{r['collection_fast_est_s'] / 60:.1f} min, **{r['fast_speedup_est']:.2f}x** faster than cached, "
+                     f"**{r['fast_speedup_over_naive_est']:.2f}x** than naive.")
+    lines += [
         f"- One probe (default metrics, batch {r['probe_batch'][0]} x {r['probe_batch'][1]}): {r['probe_s']:.2f} s "
         f"(median of {len(r['probe_times_s'])}).",
         f"- One collection / one probe: **{r['collection_over_probe']:.0f}x** cached, "

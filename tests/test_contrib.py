@@ -148,3 +148,44 @@ def test_a_decoder_on_multiple_choice_trains_the_layer_alone_and_scores_by_log_l
     assert cached["train_loss_last10"] == pytest.approx(naive["train_loss_last10"], rel=1e-5)
     assert cached["val_loss"] != pytest.approx(base["val_loss"], rel=1e-6)  # the layer did train
     assert all(torch.equal(before[k], v) for k, v in setup.model.state_dict().items())
+
+
+def test_the_lm_head_run_at_the_read_positions_only_gives_the_full_heads_scores(tiny_llama_dir):
+    """The collector's decoder speed-up: the LM head only where the loss or a choice score reads it. The same layer
+    run with the full head (cached and naive) gives the same accuracy and, to float precision, the same losses."""
+    from zest_hf.contrib import setup_contributions
+
+    setup = setup_contributions(str(tiny_llama_dir), "bigbench:social_iqa", seed=1, budget=SMALL)
+    assert setup.sparse_head  # checked exact at set-up, so on by default
+    for t in [t for t in setup.targets if t.block == 1][:3]:
+        caches = setup.caches(t.block)
+        fast = setup.run(t, caches=caches)
+        full = setup.run(t, caches=caches, sparse_head=False)
+        naive = setup.run(t, sparse_head=False)
+        for other in (full, naive):
+            assert fast["val_acc"] == other["val_acc"]
+            assert fast["val_loss"] == pytest.approx(other["val_loss"], rel=1e-5)
+            assert fast["train_loss_last10"] == pytest.approx(other["train_loss_last10"], rel=1e-5)
+
+
+def test_the_sparse_head_is_refused_where_the_model_changes_its_logits_after_the_head(tiny_llama_dir):
+    from zest_hf.contrib import setup_contributions
+    from zest_hf.research.contrib import _sparse_head_is_exact
+
+    setup = setup_contributions(str(tiny_llama_dir), "bigbench:social_iqa", seed=0, budget=SMALL)
+    args = (setup.model, setup.train_batches, setup.choice_plan, setup.val_batches)
+    assert _sparse_head_is_exact(*args)
+    real = type(setup.model).forward
+
+    def capped(self, *a, **k):  # as a model with logit soft-capping does
+        out = real(self, *a, **k)
+        out.logits = 30 * torch.tanh(out.logits / 30)
+        if out.loss is not None:
+            out.loss = out.loss * 1.01
+        return out
+
+    type(setup.model).forward = capped
+    try:
+        assert not _sparse_head_is_exact(*args)
+    finally:
+        type(setup.model).forward = real

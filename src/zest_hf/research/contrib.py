@@ -20,6 +20,11 @@ alone trains on the LM loss of the gold answer after the prompt, the score is th
 negative log-likelihood per token, and the ``__head__`` baseline is the untrained model (zero-shot). The lines say
 so in ``scoring`` (``"loglik"``; ``"head"`` otherwise).
 
+On a decoder the vocab-sized LM head is most of the cost of a run from an upper block; it runs only where a loss
+or a score is read (the answer tokens in training, the choice tokens in evaluation): the same arithmetic on fewer
+rows. :func:`setup_contributions` checks on the first batches that this gives the model's own loss and logits, and
+falls back to the full head where it does not.
+
 Resumable: one JSON line per (model, task, seed, layer), flushed and fsynced as soon as the layer is done; a rerun
 skips what the file already has, so a killed run loses at most the layer in progress.
 """
@@ -39,6 +44,7 @@ import torch
 
 from ..modeling import device_of, find_head
 from ..targets import find_targets
+from ..tasks.tokenize import IGNORE_INDEX
 from .blocks import BlockRunner
 from .budget import ContribBudget
 from .records import HEAD_ONLY, open_for_append, read_jsonl, task_slug
@@ -63,18 +69,22 @@ class ContribSetup:
     budget: ContribBudget
     row_base: dict
     choice_plan: object = None  # a ChoicePlan: the validation forwards of a decoder scored by log-likelihood
+    sparse_head: bool = False  # a causal LM's head runs only at the positions read (checked equal at set-up)
 
     def caches(self, b: int) -> tuple[list, list]:
         """Inputs of block ``b`` for every training and validation batch (computed once, shared by its layers)."""
         return ([self.runner.capture(b, x) for x in self.train_batches],
                 [self.runner.capture(b, x) for x in self.val_batches])
 
-    def run(self, target=None, block: int | None = None, caches: tuple | None = None) -> dict:
+    def run(self, target=None, block: int | None = None, caches: tuple | None = None,
+            sparse_head: bool | None = None) -> dict:
         """Train ``target`` (``None``: head only) plus the head from the pretrained start, evaluate, restore.
 
         With ``caches`` (from :meth:`caches` of the target's block) the forward starts at that block; without, it is
-        the naive full forward (what :mod:`benchmarks.contrib_cost` compares against). Returns the line's fields.
+        the naive full forward (what :mod:`benchmarks.contrib_cost` compares against). ``sparse_head`` (default
+        :attr:`sparse_head`) runs a causal LM's head only at the positions read. Returns the line's fields.
         """
+        sparse = self.sparse_head if sparse_head is None else sparse_head
         t0 = time.perf_counter()
         b = block if block is not None else (target.block if target is not None else len(self.runner) - 1)
         layer_params = [] if target is None else list(target.module.parameters())
@@ -91,9 +101,11 @@ class ContribSetup:
             train_loss = None  # nothing to train: a headless decoder's baseline is the untrained model
             if groups:
                 opt = torch.optim.AdamW(groups, weight_decay=0.0)
-                train_loss = _train(self.model, start, self.train_batches, train_cache, opt)
+                loss_fn = _labelled_lm_loss if sparse else _model_loss
+                train_loss = _train(self.model, start, self.train_batches, train_cache, opt, loss_fn)
             if self.choice_plan is not None:
-                val_acc, val_loss = _evaluate_choices(self.model, start, self.choice_plan, self.val_batches, val_cache)
+                val_acc, val_loss = _evaluate_choices(self.model, start, self.choice_plan, self.val_batches, val_cache,
+                                                      sparse)
             else:
                 val_acc, val_loss = _evaluate(self.model, start, self.val_batches, val_cache)
         finally:
@@ -196,7 +208,9 @@ def setup_contributions(
     return ContribSetup(model=model, task=task, targets=targets, head_names=head_names, head_params=head_params,
                         head_init=[p.detach().clone() for p in head_params],
                         runner=BlockRunner(model, all_targets), train_batches=train_batches,
-                        val_batches=val_batches, budget=budget, row_base=row_base, choice_plan=plan)
+                        val_batches=val_batches, budget=budget, row_base=row_base, choice_plan=plan,
+                        sparse_head=head_kind == "causal_lm" and _sparse_head_is_exact(model, train_batches, plan,
+                                                                                       val_batches))
 
 
 def collect_contributions(
@@ -279,11 +293,59 @@ def _to(batch, device):
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _train(model, start, batches, cache, opt) -> float:
+def _model_loss(model, batch) -> torch.Tensor:
+    return model(**batch).loss
+
+
+def _body_and_head(model):
+    """``(body, head)`` of a causal LM whose logits are ``head(body(...).last_hidden_state)``, else ``(None, None)``."""
+    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+    return (body, head) if isinstance(body, torch.nn.Module) and isinstance(head, torch.nn.Module) else (None, None)
+
+
+def _labelled_lm_loss(model, batch) -> torch.Tensor:
+    """The causal-LM loss with the head run only at the positions whose next token is labelled."""
+    body, head = _body_and_head(model)
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    hidden = body(**{k: v for k, v in batch.items() if k != "labels"}).last_hidden_state
+    return torch.nn.functional.cross_entropy(head(hidden[:, :-1][mask]).float(), labels[mask])
+
+
+def _selected_logits(model, plan, k: int, batch) -> torch.Tensor:
+    """The logits :meth:`ChoicePlan.read_selected` reads from forward ``k``, the head run at those positions only."""
+    body, head = _body_and_head(model)
+    rows, pos = plan.positions(k)
+    hidden = body(**{n: v for n, v in batch.items() if n != "logits_to_keep"}).last_hidden_state
+    return head(hidden[rows.to(hidden.device), pos.to(hidden.device)])
+
+
+@torch.no_grad()
+def _sparse_head_is_exact(model, train_batches, plan, val_batches) -> bool:
+    """Whether the head run at the read positions gives the model's own loss and logits (a model that scales or
+    caps its logits, or has no separable head, does not): checked on the first training and validation batch."""
+    body, head = _body_and_head(model)
+    if body is None or plan is None or not train_batches or not val_batches:
+        return False
+    try:
+        full = model(**train_batches[0]).loss
+        part = _labelled_lm_loss(model, train_batches[0])
+        logits = model(**val_batches[0]).logits
+        rows, pos, _, _ = plan.reads[0]
+        want = logits[rows.to(logits.device), pos.to(logits.device)]
+        got = _selected_logits(model, plan, 0, val_batches[0])
+    except (TypeError, ValueError, RuntimeError, AttributeError):
+        return False
+    return bool(torch.allclose(full, part, rtol=1e-5, atol=1e-6)) and got.shape == want.shape and bool(
+        torch.allclose(got.float(), want.float(), rtol=1e-4, atol=1e-5))
+
+
+def _train(model, start, batches, cache, opt, loss_fn=_model_loss) -> float:
     losses = []
     for batch, h in zip(batches, cache):
         with start(h):
-            loss = model(**batch).loss
+            loss = loss_fn(model, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()}; lower the learning rates")
         loss.backward()
@@ -307,11 +369,14 @@ def _evaluate(model, start, batches, cache) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def _evaluate_choices(model, start, plan, batches, cache) -> tuple[float, float]:
+def _evaluate_choices(model, start, plan, batches, cache, sparse: bool = False) -> tuple[float, float]:
     """Log-likelihood choice accuracy and the gold choice's NLL per token (a decoder without a head)."""
     totals = plan.totals()
     for k, (batch, h) in enumerate(zip(batches, cache)):
         with start(h):
-            plan.read(k, model(**batch).logits, totals)
+            if sparse:
+                plan.read_selected(k, _selected_logits(model, plan, k, batch), totals)
+            else:
+                plan.read(k, model(**batch).logits, totals)
     res = plan.result(totals)
     return res["accuracy"], res["gold_nll"]

@@ -75,10 +75,23 @@ class ChoicePlan:
 
     def read(self, k: int, logits: torch.Tensor, totals: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Add the choice-token log-probabilities in forward ``k``'s ``logits`` to ``totals``."""
-        rows, pos, toks, pairs = self.reads[k]
+        rows, pos, _, _ = self.reads[k]
+        device = logits.device
+        self.read_selected(k, logits[rows.to(device), pos.to(device)], totals)
+
+    def positions(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, positions)`` of forward ``k`` whose logits are read, positions counted in the full sequence
+        (for a caller that runs the LM head itself, at those hidden states only)."""
+        rows, pos, _, _ = self.reads[k]
+        kept = self.inputs[k].get("logits_to_keep")
+        return rows, (kept[pos] if torch.is_tensor(kept) else pos)
+
+    def read_selected(self, k: int, logits: torch.Tensor, totals: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """As :meth:`read`, from the logits at :meth:`positions` only (one row per position, in that order)."""
+        _, _, toks, pairs = self.reads[k]
         device = logits.device
         # Only the positions read are normalised, in float32 (bf16 log-softmax is too coarse).
-        logp = logits[rows.to(device), pos.to(device)].float().log_softmax(-1)
+        logp = logits.float().log_softmax(-1)
         token_lp = logp.gather(-1, toks.to(device).unsqueeze(-1)).squeeze(-1).double().cpu()
         totals[0].index_add_(0, pairs, token_lp)
         totals[1].index_add_(0, pairs, torch.ones_like(token_lp))

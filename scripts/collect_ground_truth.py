@@ -92,12 +92,12 @@ def probe_path(model: str, task: str) -> Path:
     return DATA / "probes" / model / f"{task_slug(task)}.json"
 
 
-def run_probe(model: str, task: str) -> None:
+def run_probe(model: str, task: str, again: bool = False) -> None:
     import zest_hf
     from zest_hf.workflow import prepare
 
     path = probe_path(model, task)
-    if path.exists():
+    if path.exists() and not again:
         return
     b = BUDGETS[model]
     prep = prepare(model, task, batch_size=PROBE_BATCH, max_length=b["max_length"], seed=0)
@@ -108,6 +108,27 @@ def run_probe(model: str, task: str) -> None:
     result.to_json(path)
 
 
+def ground_truth_table(model: str | None = None) -> str:
+    """Markdown: per finished model-task, its seeds, seed-to-seed Kendall tau, whether it separates from head-only,
+    and the CPU hours its collections took (sum of the lines' wall time)."""
+    from zest_hf.research.study import collection_status, head_only_gaps, load_ground_truth, noise_ceilings
+
+    gt = load_ground_truth(DATA)
+    status = collection_status(DATA)
+    if model is not None:
+        gt, status = gt[gt["model"] == model], status[status["model"] == model]
+    taus = {(r.model, r.task): r.tau for r in noise_ceilings(gt).itertuples()} if len(gt) else {}
+    gaps = {(r.model, r.task): r.separates for r in head_only_gaps(gt).itertuples()} if len(gt) else {}
+    lines = ["| model | task | seeds complete | seed-to-seed tau | separates | CPU hours |", "|---|---|---|---|---|---|"]
+    for (m, task), g in status.groupby(["model", "task"]):
+        done = sorted(int(x) for x in g[g["complete"]]["seed"])
+        tau = taus.get((m, task))
+        hours = g["wall_h"].sum()
+        lines.append(f"| {m} | {task} | {','.join(map(str, done)) or '-'} | {'' if tau is None else f'{tau:.3f}'} "
+                     f"| {gaps.get((m, task), '')} | {hours:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="only this model's part of the plan")
@@ -115,6 +136,9 @@ def main() -> int:
                     help="only these tasks (comma list); two processes given disjoint lists collect in parallel")
     ap.add_argument("--list", action="store_true", help="print the plan and progress, then exit")
     ap.add_argument("--no-probe", action="store_true")
+    ap.add_argument("--reprobe", action="store_true",
+                    help="only probe again (every metric, the same batch and seed), overwriting the probe files: "
+                         "for metrics added since; no ground truth is collected")
     args = ap.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -127,6 +151,15 @@ def main() -> int:
             for s in seeds:
                 n = len(read_jsonl(contrib_path(model, task, s)))
                 print(f"{model:8s} {task:45s} seed {s}: {n} lines; probe {'yes' if probe_path(model, task).exists() else 'no'}")
+        print()
+        print(ground_truth_table(args.model))
+        return 0
+    if args.reprobe:
+        from tqdm.auto import tqdm
+
+        for model, task, _ in tqdm(plan, desc="reprobe", unit="probe"):
+            if probe_path(model, task).exists():
+                run_probe(model, task, again=True)
         return 0
     for model, task, seeds in plan:
         if not args.no_probe:

@@ -77,3 +77,28 @@ def test_learning_curve_never_trains_on_its_held_out_task(tmp_path):
     assert (mean["linear/zscore"] > mean["prior only"] + 0.3).all()
     for f in ("predictor_learning_curve.md", "predictor_learning_curve.csv", "predictor_learning_curve.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0
+
+
+def test_signal_ablation_credits_the_signal_that_carries_the_ranking(tmp_path):
+    from zest_hf.evaluation import SIGNALS, run_signal_ablation
+
+    for i, t in enumerate(["t1", "t2", "t3"]):
+        _write_model_task(tmp_path, "a", t, seed=i)
+        path = tmp_path / "probes" / "a" / f"{t}.json"
+        pr = ProbeResult.from_json(path)
+        rng = np.random.default_rng(i)
+        for name, cols in SIGNALS.items():
+            for c in cols:  # grad_snr carries the ranking; the other new columns are noise
+                pr.values[c] = list(pr.values["snip"]) if c == "grad_snr" else list(rng.normal(size=len(pr.layers)))
+        for c in FEATURES:  # the default columns carry nothing here
+            pr.values[c] = list(rng.normal(size=len(pr.layers)))
+        pr.to_json(path)
+    _write_model_task(tmp_path, "a", "t4", seed=3)  # probed before the new metrics: left out, not guessed
+    df = run_signal_ablation(tmp_path, tmp_path / "out", steps=600, progress=False)
+    assert set(df["task"]) == {"t1", "t2", "t3"} and all("t4" not in t for t in df["train"])
+    mean = df.groupby("features")["tau"].mean()
+    assert mean["prior + grad_snr"] > mean["prior only"] + 0.3
+    assert mean["prior + default + grad_snr"] > mean["prior + default"] + 0.3
+    assert mean["prior + spectral"] < mean["prior + grad_snr"] - 0.3
+    for f in ("signal_ablation.md", "signal_ablation.csv", "signal_ablation.png"):
+        assert (tmp_path / "out" / f).stat().st_size > 0

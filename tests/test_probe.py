@@ -347,3 +347,74 @@ def test_json_round_trip_is_exact_including_nonfinite(tmp_path):
     assert ProbeResult.from_json(static.to_json()).values == static.values
     with pytest.raises(ValueError, match="not a zest_hf probe result"):
         ProbeResult.from_dict({"format": "other"})
+
+
+# ------------------------------------------------------------------- the signals not in "default", by hand
+def _group_gradients(model, batch, groups=4):
+    """Each micro-batch's part of dL/dW, the slow way: per-row losses of one float64 forward, each group's share of
+    the batch loss differentiated on its own (no hooks)."""
+    ref = copy.deepcopy(model).double().eval()
+    names = [t.name for t in find_targets(ref)]
+    weights = [ref.get_submodule(n).weight for n in names]
+    data = {k: v for k, v in batch.items() if k != "labels"}
+    logits = ref(**data).logits
+    labels = batch["labels"]
+    if logits.dim() == 3:  # causal LM: mean over the labelled next tokens of the whole batch
+        per_tok = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:],
+                                                    ignore_index=-100, reduction="none")
+        per_row, count = per_tok.sum(1), (labels[:, 1:] != -100).sum()
+    else:
+        per_row, count = torch.nn.functional.cross_entropy(logits, labels, reduction="none"), labels.numel()
+    rows = labels.shape[0] // groups
+    parts = []
+    for m in range(groups):
+        share = per_row[m * rows:(m + 1) * rows].sum() / count
+        gs = torch.autograd.grad(share, weights, retain_graph=True)
+        parts.append({n: (g.T if type(ref.get_submodule(n)).__name__ == "Conv1D" else g) for n, g in zip(names, gs)})
+    return names, parts, {n: w.detach() for n, w in zip(names, weights)}
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_bert_cls, tiny_gpt2], ids=["llama", "bert", "gpt2"])
+def test_spectral_grad_snr_and_two_halves_match_naive_references(make):
+    import numpy as np
+
+    model = make()
+    batch = token_batch(batch=8)
+    if isinstance(model, transformers.BertForSequenceClassification):
+        batch["labels"] = torch.tensor([0, 1, 2, 1, 2, 0, 0, 1])
+    else:
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    got = probe(model, batch, metrics=["spectral", "grad_snr", "two_halves", "grad_norm"]).to_pandas().set_index("name")
+    names, parts, weights = _group_gradients(model, batch)
+    for n in names:
+        stack = torch.stack([p[n] for p in parts])
+        g = stack.sum(0)
+        assert _close(got.loc[n, "grad_norm"], g.norm().item(), 2e-4)  # the parts sum to the batch gradient
+        snr = (stack.mean(0) ** 2).sum() / stack.var(0, unbiased=True).sum()
+        assert _close(got.loc[n, "grad_snr"], snr.item(), 2e-3), (n, "grad_snr")
+        a, b = stack[:2].sum(0), stack[2:].sum(0)
+        cross = 0.5 * ((b * a.sign()).sum() + (a * b.sign()).sum())
+        scale = max(abs(cross.item()), 0.5 * (a.abs().sum() + b.abs().sum()).item())
+        assert _close(got.loc[n, "gen_sign"], cross.item(), 2e-3, abs_=1e-4 * scale), (n, "gen_sign")
+        assert _close(got.loc[n, "gen_agree"], (cross / (0.5 * (a.abs().sum() + b.abs().sum()))).item(), 2e-3,
+                      abs_=1e-4), (n, "gen_agree")
+        # spectral statistics from numpy's float64 SVD
+        w = weights[n].numpy()
+        w = w.T if type(model.get_submodule(n)).__name__ == "Conv1D" else w
+        s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+        sigma = (np.quantile(s, 0.75) - np.quantile(s, 0.25)) / 1.349
+        edge = sigma * (1 + np.sqrt(min(w.shape) / max(w.shape)))
+        want_snr = s[s > edge].sum() / s[s <= edge].sum() / s[0]
+        assert _close(got.loc[n, "spectral_snr"], want_snr, 1e-3), (n, "spectral_snr")
+        assert _close(got.loc[n, "log_cond"], np.log10(s[0] / s[-1]), 1e-3), (n, "log_cond")
+        lam = np.sort(s ** 2)
+        tail = np.log(lam[len(lam) // 2:])
+        assert _close(got.loc[n, "alpha_hill"], 1 + len(tail) / (tail - tail[0]).sum(), 1e-3), (n, "alpha_hill")
+
+
+def test_the_new_signals_are_not_in_the_default_probe_and_the_default_columns_are_unchanged():
+    from zest_hf.metrics import default_columns
+
+    assert not {"spectral_snr", "grad_snr", "gen_sign", "grasp"} & set(default_columns())
+    assert {"spectral_snr", "log_cond", "alpha_hill", "grad_snr", "gen_sign", "gen_agree"} <= set(
+        probe(tiny_llama(), token_batch(), metrics="all").values)

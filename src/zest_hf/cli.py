@@ -206,8 +206,12 @@ def _cmd_train_predictor(args) -> int:
 
 
 def _cmd_evaluate_predictor(args) -> int:
-    from .research.evaluation import run_evaluation, run_learning_curve
+    from .research.evaluation import run_evaluation, run_learning_curve, run_signal_ablation
 
+    if args.signals:
+        run_signal_ablation(args.data, args.out_dir, seed=args.seed)
+        print((Path(args.out_dir) / "signal_ablation.md").read_text())
+        return 0
     if args.learning_curve:
         run_learning_curve(args.data, args.out_dir, seed=args.seed)
         print((Path(args.out_dir) / "predictor_learning_curve.md").read_text())
@@ -364,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--learning-curve", action="store_true",
                    help="instead: held-out tau against the number of training tasks (predictor_learning_curve.md)")
+    p.add_argument("--signals", action="store_true",
+                   help="instead: what each signal outside the default probe adds over the prior (signal_ablation.md)")
     p.set_defaults(func=_cmd_evaluate_predictor)
 
     p = command("study")

@@ -12,6 +12,7 @@ source     what the function receives besides the weight ``w`` (fp32)
 weight     nothing (``x`` is None): static metrics
 forward    :class:`ActStats` of the layer's output over the batch's real (non-padding) tokens
 grad       ``g = dL/dW`` (fp32, same layout as ``w``) from the ordinary backward pass
+grad_parts :class:`GradParts`: the same gradient split by micro-batch of the probe batch's rows (no extra tokens)
 fisher     ``s`` of shape (batch, out_features): per sample and output channel, ``sum over tokens of y * dL/dy``
 hessian    ``Hg``: the Hessian-gradient product, from one extra double backward
 synflow    ``dR/dW`` of synflow's data-free objective (all weights made positive, all-ones input)
@@ -29,9 +30,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ActStats", "Metric", "register_metric", "METRICS", "SOURCES", "resolve_metrics", "default_columns"]
+__all__ = ["ActStats", "GradParts", "Metric", "register_metric", "METRICS", "SOURCES", "resolve_metrics", "default_columns"]
 
-SOURCES = ("weight", "forward", "grad", "fisher", "hessian", "synflow")
+SOURCES = ("weight", "forward", "grad", "grad_parts", "fisher", "hessian", "synflow")
 
 
 @dataclass
@@ -67,6 +68,48 @@ class ActStats:
         return math.sqrt(self.abs_m2 / (self.n - 1)) if self.n > 1 else 0.0
 
 
+class GradParts:
+    """A layer's weight gradient ``dL/dW`` split into the parts of ``groups`` micro-batches of the probe batch.
+
+    The rows (examples) of the batch are split into up to ``groups`` contiguous micro-batches; part ``m`` is
+    ``sum over its rows and tokens of (dL/dy) x^T``, in the weight's own layout, so the parts sum to the gradient of
+    the whole batch's loss (they are contributions to it, not per-micro-batch mean gradients). The first half of the
+    micro-batches and the second half are two disjoint halves of the batch. A module called several times in one
+    forward adds every call's rows to the same micro-batches.
+    """
+
+    def __init__(self, groups: int = 4):
+        self.max_groups = groups
+        self.parts: list[torch.Tensor] = []
+
+    def add(self, dy: torch.Tensor, x: torch.Tensor, transposed: bool = False) -> None:
+        """Add one call's contribution: ``dy`` and ``x`` are the output gradient and the input, rows first."""
+        rows = dy.shape[0] if dy.dim() > 2 else 1
+        dy = dy.reshape(rows, -1, dy.shape[-1])
+        x = x.reshape(rows, -1, x.shape[-1])
+        k = min(self.max_groups, rows)
+        bounds = [round(j * rows / k) for j in range(k + 1)]
+        for m in range(k):
+            d = dy[bounds[m]:bounds[m + 1]].reshape(-1, dy.shape[-1]).float()
+            a = x[bounds[m]:bounds[m + 1]].reshape(-1, x.shape[-1]).float()
+            g = a.T @ d if transposed else d.T @ a  # transformers' Conv1D stores its weight as (in, out)
+            if m < len(self.parts):
+                self.parts[m] += g
+            else:
+                self.parts.append(g)
+
+    @property
+    def total(self) -> torch.Tensor:
+        """``dL/dW`` of the whole batch."""
+        return torch.stack(self.parts).sum(0) if len(self.parts) > 1 else self.parts[0]
+
+    @property
+    def halves(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gradient parts of the first and the second half of the batch (needs at least two micro-batches)."""
+        h = (len(self.parts) + 1) // 2
+        return sum(self.parts[:h]), sum(self.parts[h:])
+
+
 def _merge(n_a: int, mean_a: float, m2_a: float, n_b: int, mean_b: float, m2_b: float) -> tuple[float, float]:
     n = n_a + n_b
     delta = mean_b - mean_a
@@ -86,6 +129,8 @@ class Metric:
         fn: ``fn(w, x) -> dict[column, float]``.
         group: The paper's family: "static", "forward" or "backward".
         doc: One line for tables and the README.
+        default: Whether ``metrics="default"`` includes it (grasp, for its cost, and metrics still being judged on
+            held-out tasks are left to ``"all"`` or their names).
     """
 
     name: str
@@ -94,12 +139,14 @@ class Metric:
     fn: Callable[[torch.Tensor, object], dict[str, float]] = field(repr=False)
     group: str = "backward"
     doc: str = ""
+    default: bool = True
 
 
 METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str, *, source: str, columns: tuple[str, ...], group: str, doc: str = ""):
+def register_metric(name: str, *, source: str, columns: tuple[str, ...], group: str, doc: str = "",
+                    default: bool = True):
     """Decorator: register ``fn(w, x) -> dict`` under ``name``. Adding a metric is one new file with one function."""
     if source not in SOURCES:
         raise ValueError(f"unknown metric source {source!r}; expected one of {SOURCES}")
@@ -107,7 +154,8 @@ def register_metric(name: str, *, source: str, columns: tuple[str, ...], group: 
     def wrap(fn):
         if name in METRICS:
             raise ValueError(f"metric {name!r} is already registered")
-        METRICS[name] = Metric(name=name, source=source, columns=tuple(columns), fn=fn, group=group, doc=doc)
+        METRICS[name] = Metric(name=name, source=source, columns=tuple(columns), fn=fn, group=group, doc=doc,
+                               default=default)
         return fn
 
     return wrap
@@ -116,11 +164,11 @@ def register_metric(name: str, *, source: str, columns: tuple[str, ...], group: 
 def resolve_metrics(metrics) -> list[Metric]:
     """Turn a user's ``metrics=`` argument into registered metrics, in registry order.
 
-    ``None`` or ``"default"``: every metric except grasp (grasp needs a double backward: ~2x the probe's cost).
-    ``"all"``: every metric. A list: those names (a column name such as ``"snip_mean"`` selects its metric).
+    ``None`` or ``"default"``: every metric registered with ``default=True``: all but grasp (a double backward, ~2x
+    the probe's cost) and the signals still being judged (spectral, grad_snr, two_halves). ``"all"``: every metric. A list: those names (a column name such as ``"snip_mean"`` selects its metric).
     """
     if metrics is None or metrics == "default":
-        names = [m for m in METRICS if m != "grasp"]
+        names = [m for m, spec in METRICS.items() if spec.default]
     elif metrics == "all":
         names = list(METRICS)
     else:

@@ -17,6 +17,7 @@ from .base import register_metric, total
     columns=("grasp", "grasp_mean"),
     group="backward",
     doc="sum of -W * (H dL/dW) (one double backward); _mean divides by the number of entries",
+    default=False,
 )
 def grasp(w: torch.Tensor, hg: torch.Tensor) -> dict:
     s = -total(w * hg)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import NonFiniteError
-from ..metrics import ActStats, Metric, resolve_metrics
+from ..metrics import ActStats, GradParts, Metric, resolve_metrics
 from ..modeling import device_of, unwrap_parallel, uses_reentrant_checkpointing
 from ..targets import Target, find_targets
 from .batch import check_batch, model_loss, prepare_batch
@@ -91,7 +91,8 @@ def probe(
     rows = [dict() for _ in tlist]
     nonfinite: list[tuple[str, str]] = []
     timings: dict[str, float] = {}
-    stages = ["weights"] + (["forward+backward"] if sources & {"forward", "grad", "fisher", "hessian"} else [])
+    stages = ["weights"] + (["forward+backward"] if sources & {"forward", "grad", "grad_parts", "fisher", "hessian"}
+                            else [])
     stages += ["synflow"] if "synflow" in sources else []
     bar = _progress(len(stages), progress)
     loss_value = None  # no data pass when only static/synflow metrics are asked for
@@ -193,38 +194,82 @@ def _apply(chosen: Sequence[Metric], source: str, w: torch.Tensor, x, row: dict)
             row.update(m.fn(w, x))
 
 
+#: Micro-batches the probe batch's rows are split into for the gradient-part metrics (grad SNR, two halves).
+GRAD_GROUPS = 4
+
+
 def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> float:
-    """Forward with hooks, then backward (and, for grasp, a double backward). Returns the loss value."""
+    """Forward with hooks, then backward (and, for grasp, a double backward). Returns the loss value.
+
+    Each candidate's weight gradient is assembled in a hook on its output from its own input and output gradient
+    (``dL/dW = sum over rows and tokens of (dL/dy) x^T``), micro-batch by micro-batch (:class:`GradParts`): the parts
+    feed the gradient-part metrics at no extra tokens, and autograd computes no weight gradient (the weights do not
+    require grad during this pass; the block inputs do). Only grasp makes the weights require grad: its
+    Hessian-gradient product is autograd's. A layer's parts are dropped once its metrics are computed: peak memory
+    holds the parts of the layers whose gradient is in flight, not the model's gradient.
+    """
     token_mask = None
     if torch.is_tensor(data.get("attention_mask")):
         token_mask = data["attention_mask"].reshape(-1).bool()
     stats = [ActStats() for _ in tlist]
     fisher_sums: list[torch.Tensor | None] = [None] * len(tlist)
+    grad_metrics = [m for m in chosen if m.source == "grad"]
+    part_metrics = [m for m in chosen if m.source == "grad_parts"]
+    need_parts = bool(grad_metrics or part_metrics)
+    parts: list[GradParts | None] = [GradParts(GRAD_GROUPS) for _ in tlist]
+    calls = [[0, 0] for _ in tlist]  # outputs that require grad, and gradients received, per layer
+    bad_grads: list[str] = []
+    transposed = [_stores_transposed(t.module) for t in tlist]
+
+    def finish(i):
+        part, parts[i] = parts[i], None
+        if part is None or not need_parts:
+            return
+        if not part.parts:  # no gradient reached this layer: it does not affect the loss
+            t = tlist[i]
+            part.parts.append(torch.zeros(t.weight.shape, dtype=torch.float32, device=t.weight.device))
+        g = part.total
+        if not bool(torch.isfinite(g).all()):
+            bad_grads.append(tlist[i].name)
+            return
+        w = tlist[i].weight.detach().float()
+        _apply(grad_metrics, "grad", w, g, rows[i])
+        _apply(part_metrics, "grad_parts", w, part, rows[i])
 
     def forward_hook(i):
         def hook(module, args, output):
-            if session.phase != "forward" or not torch.is_tensor(output):
-                return  # e.g. gradient checkpointing re-running the forward during backward
-            if "forward" in sources:
+            if not torch.is_tensor(output):
+                return
+            if session.phase == "forward" and "forward" in sources:
                 y = output.detach().reshape(-1, output.shape[-1])
                 if token_mask is not None and y.shape[0] == token_mask.numel():
                     y = y[token_mask]
                 stats[i].update(y)
-            if "fisher" in sources and output.requires_grad:
-                holder = [output]  # kept until its gradient arrives, then released
-                session.kept_outputs.append(holder)
-                output.register_hook(fisher_hook(i, holder))
+            # also during backward: reentrant checkpointing re-runs the block there, and only that run has a graph
+            if output.requires_grad and session.phase in ("forward", "backward") and (
+                    "fisher" in sources or need_parts):
+                holder = [output, args[0] if args and torch.is_tensor(args[0]) else None]
+                calls[i][0] += 1
+                session.kept_outputs.append(holder)  # released when the gradient arrives, or on exit
+                output.register_hook(grad_hook(i, holder))
 
         return hook
 
-    def fisher_hook(i, holder):
+    def grad_hook(i, holder):
         def hook(grad):
             if session.phase != "backward" or not holder:
                 return None
-            y = holder.pop()
-            n = y.shape[0] if y.dim() > 1 else 1
-            s = (y.detach().float() * grad.detach().float()).reshape(n, -1, y.shape[-1]).sum(1)
-            fisher_sums[i] = s if fisher_sums[i] is None else fisher_sums[i] + s
+            y, x = holder
+            holder.clear()
+            if "fisher" in sources:
+                n = y.shape[0] if y.dim() > 1 else 1
+                f = (y.detach().float() * grad.detach().float()).reshape(n, -1, y.shape[-1]).sum(1)
+                fisher_sums[i] = f if fisher_sums[i] is None else fisher_sums[i] + f
+            if need_parts and parts[i] is not None:
+                parts[i].add(grad.detach(), x.detach(), transposed[i])
+                calls[i][1] += 1
+                if calls[i][1] == calls[i][0]:
+                    finish(i)
             return None
 
         return hook
@@ -232,9 +277,25 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
     with session.hooks() as add_hook:
         for i, t in enumerate(tlist):
             add_hook(t.module.register_forward_hook(forward_hook(i)))
-        if _needs_input_grad(model):
-            add_hook(model.get_input_embeddings().register_forward_hook(_require_grad))
-        loss_value, bad_grads = _forward_backward(model, tlist, data, chosen, sources, rows, session, add_hook)
+        given_embeds = torch.is_tensor(data.get("inputs_embeds"))
+        # without an input to make require grad, the weights must (autograd then also computes their gradients)
+        weights_off = "hessian" not in sources and (given_embeds or callable(getattr(model, "get_input_embeddings",
+                                                                                      None)))
+        if weights_off:
+            for t in tlist:
+                t.weight.requires_grad_(False)
+        if weights_off or _needs_input_grad(model):
+            if given_embeds:
+                data = dict(data, inputs_embeds=data["inputs_embeds"].detach().requires_grad_(True))
+            else:
+                add_hook(model.get_input_embeddings().register_forward_hook(_require_grad))
+        try:
+            loss_value = _forward_backward(model, tlist, data, chosen, sources, rows, session)
+        finally:
+            for t in tlist:
+                t.weight.requires_grad_(True)
+        for i in range(len(tlist)):
+            finish(i)  # layers whose output never reached the loss (no gradient arrived)
 
     if bad_grads:
         raise NonFiniteError(
@@ -253,17 +314,13 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
     return loss_value
 
 
-def _forward_backward(model, tlist, data, chosen, sources, rows, session: Session, add_hook):
-    grad_metrics = [m for m in chosen if m.source == "grad"]
-    bad_grads: list[str] = []
+def _stores_transposed(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2) stores its weight as (in, out); look inside a peft wrapper too."""
+    base = getattr(module, "base_layer", module)
+    return type(base).__name__ == "Conv1D"
 
-    def grad_metrics_for(i, g: torch.Tensor) -> None:
-        g = g.detach().float()
-        if not bool(torch.isfinite(g).all()):
-            bad_grads.append(tlist[i].name)
-            return
-        _apply(grad_metrics, "grad", tlist[i].weight.detach().float(), g, rows[i])
 
+def _forward_backward(model, tlist, data, chosen, sources, rows, session: Session) -> float:
     weights = [t.weight for t in tlist]
     # Double backward needs attention kernels that are themselves differentiable: force the math SDPA kernel.
     kernel_ctx = _math_sdpa() if "hessian" in sources else contextlib.nullcontext()
@@ -278,14 +335,12 @@ def _forward_backward(model, tlist, data, chosen, sources, rows, session: Sessio
             )
         if not loss.requires_grad:
             raise RuntimeError(
-                "the loss does not depend on any candidate weight (reentrant gradient checkpointing without "
-                "input grads?). Disable gradient checkpointing for the probe or use use_reentrant=False."
+                "the loss does not depend on any candidate layer (a model whose forward detaches its hidden "
+                "states?); nothing can be probed."
             )
         session.phase = "backward"
         if "hessian" in sources:
             grads = torch.autograd.grad(loss, weights, create_graph=True)
-            for i, g in enumerate(grads):
-                grad_metrics_for(i, g)
             session.phase = "hessian"
             z = sum((g * g.detach()).sum() for g in grads)
             hgs = torch.autograd.grad(z, weights)
@@ -294,13 +349,9 @@ def _forward_backward(model, tlist, data, chosen, sources, rows, session: Sessio
                 _apply(chosen, "hessian", tlist[i].weight.detach().float(), hg.detach().float(), rows[i])
             del hgs
         else:
-            # Metrics are computed as each weight's gradient lands, then the gradient is dropped: peak memory holds
-            # one layer's gradient, not the model's.
-            for i, w in enumerate(weights):
-                add_hook(w.register_post_accumulate_grad_hook(_drop_after(grad_metrics_for, i)))
             loss.backward()
         session.phase = "idle"
-        return loss.item(), bad_grads
+        return loss.item()
 
 
 def _needs_input_grad(model: nn.Module) -> bool:

@@ -36,11 +36,14 @@ from ..probe import ProbeResult
 from .records import HEAD_ONLY
 from .study import kendall, load_ground_truth, load_probe, noise_ceilings
 
-__all__ = ["load_model_tasks", "FEATURES", "Variant", "best_single_metric", "evaluate", "run_evaluation",
-           "run_learning_curve"]
+__all__ = ["load_model_tasks", "FEATURES", "SIGNALS", "Variant", "best_single_metric", "evaluate", "run_evaluation",
+           "run_learning_curve", "run_signal_ablation"]
 
 #: The probe columns a predictor reads by default: everything the default probe (all but grasp) produces.
 FEATURES = default_columns()
+#: The signals outside the default probe, by name, and the columns each gives (what the ablation adds one by one).
+SIGNALS = {"spectral": ("spectral_snr", "log_cond", "alpha_hill"), "grad_snr": ("grad_snr",),
+           "two_halves": ("gen_sign", "gen_sign_mean", "gen_agree")}
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,80 @@ def run_learning_curve(data_dir: str | Path, out_dir: str | Path, variant: Varia
     df = pd.DataFrame(rows)
     _write_curve(df, Path(out_dir), seed, draws)
     return df
+
+
+def run_signal_ablation(data_dir: str | Path, out_dir: str | Path, seed: int = 0, steps: int = 1500,
+                        progress: bool = True) -> pd.DataFrame:
+    """What each signal outside the default probe adds, leave-one-task-out within each model.
+
+    For every held-out model-task, linear/rank predictors fitted on the model's other tasks with: the data-free prior
+    alone; the prior plus each new signal alone; the prior plus the default features (today's predictor inputs); that
+    plus each new signal; that plus all of them. Only model-tasks whose probe has every new column take part (a
+    probe written before those metrics existed is re-probed by ``scripts/collect_ground_truth.py --reprobe``).
+    Writes ``signal_ablation.md`` / ``.csv`` / ``.png``.
+    """
+    from tqdm.auto import tqdm
+
+    new_cols = [c for cols in SIGNALS.values() for c in cols]
+    data = [d for d in load_model_tasks(data_dir) if all(c in d.values for c in new_cols)]
+    sets = {"prior only": ()}
+    sets.update({f"prior + {name}": cols for name, cols in SIGNALS.items()})
+    sets["prior + default"] = tuple(FEATURES)
+    sets.update({f"prior + default + {name}": tuple(FEATURES) + cols for name, cols in SIGNALS.items()})
+    sets["prior + default + all new"] = tuple(FEATURES) + tuple(new_cols)
+    jobs = [(d, [o for o in data if o.model == d.model and o.task != d.task]) for d in data]
+    jobs = [(d, train) for d, train in jobs if train]
+    if not jobs:
+        raise ValueError(f"no model with two model-tasks probed with the new signals in {data_dir}; run "
+                         "scripts/collect_ground_truth.py --reprobe first")
+    rows = []
+    for test, train in tqdm(jobs, desc="signal ablation", disable=not progress):
+        for label, cols in sets.items():
+            v = Variant("linear", "rank", prior=True, metrics=cols, steps=steps)
+            r = _judge(v, train, test, seed)
+            rows.append({"model": test.model, "task": test.task, "features": label, "tau": r["tau"],
+                         "p@5": r["p@5"], "train": ";".join(d.task for d in train)})
+    df = pd.DataFrame(rows)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_dir / "signal_ablation.csv", index=False)
+    order = list(sets)
+    mean = df.pivot_table(index="features", columns="model", values="tau", aggfunc="mean").reindex(order).round(3)
+    prior = mean.loc["prior only"]
+    gain = (mean - prior).round(3)
+    per_task = df.pivot_table(index=["model", "task"], columns="features", values="tau").reindex(columns=order).round(2)
+    text = "\n".join([
+        "# What each new signal adds: leave-one-task-out Kendall tau, within each model", "",
+        f"Linear/rank predictors ({steps} steps, seed {seed}) fitted on the model's other tasks; the label is the seed "
+        "mean of the ground truth. Reproduce: `zest evaluate-predictor --signals`.", "",
+        "## Mean held-out tau", "", mean.to_markdown(), "",
+        "## Gain over the data-free prior", "", gain.to_markdown(), "",
+        "## Per held-out task", "", per_task.to_markdown(), ""])
+    (out_dir / "signal_ablation.md").write_text(text)
+    _plot_ablation(mean, out_dir / "signal_ablation.png")
+    return df
+
+
+def _plot_ablation(mean: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(mean) + 1.5))
+    y = np.arange(len(mean))
+    width = 0.8 / max(len(mean.columns), 1)
+    for j, model in enumerate(mean.columns):
+        ax.barh(y + j * width, mean[model], height=width, label=model)
+    ax.set_yticks(y + 0.4 - width / 2)
+    ax.set_yticklabels(mean.index)
+    ax.axvline(0, color="k", lw=0.5)
+    ax.invert_yaxis()
+    ax.set_xlabel("held-out Kendall tau (mean over a model's tasks, leave-one-task-out)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _write_curve(df: pd.DataFrame, out_dir: Path, seed: int, draws: int) -> None:

@@ -42,3 +42,42 @@ def test_cost_aware_with_a_budget_and_bad_values():
         ZestConfig(top_k=2, cost_weight=-0.5)
     with pytest.raises(SelectionError, match="block"):
         choose([{"name": "a", "score": 1.0, "num_params": 1}], top_k=1, cost_weight=1.0)
+
+
+def test_spectrum_keeps_each_types_best_by_a_naive_svd_snr_and_uses_no_data():
+    import numpy as np
+    import torch
+    from helpers import tiny_llama, token_batch
+
+    import zest_hf
+    from zest_hf import find_targets
+    from zest_hf.selection.rank import rank
+
+    torch.manual_seed(0)
+    model = tiny_llama(num_hidden_layers=4)
+    targets = find_targets(model)
+    with torch.no_grad():  # give some layers structure beyond noise, so the SNRs differ clearly
+        for t in targets[::3]:
+            u, v = torch.randn(t.out_features, 2), torch.randn(2, t.in_features)
+            t.weight.add_(0.5 * u @ v)
+
+    def naive_snr(w):  # Spectrum's compute_snr, in float64 numpy
+        s = np.linalg.svd(w.detach().double().numpy(), compute_uv=False)
+        sigma = (np.quantile(s, 0.75) - np.quantile(s, 0.25)) / 1.349
+        edge = sigma * (1 + np.sqrt(min(w.shape) / max(w.shape)))
+        return s[s > edge].sum() / s[s <= edge].sum() / s[0]
+
+    want = {}
+    for kind in {t.type for t in targets}:
+        of_type = sorted((t for t in targets if t.type == kind), key=lambda t: -naive_snr(t.weight))
+        want[kind] = [t.name for t in of_type[:2]]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = token_batch()
+    batch["input_ids"][:] = 999  # data-free: what the batch holds cannot matter
+    ranking = rank(model, batch, predictor="spectrum")
+    top = ranking.top(2 * len(want))
+    assert sorted(top) == sorted(n for names in want.values() for n in names)
+    assert ranking.predictor == "spectrum"
+    cfg = zest_hf.select(model, token_batch(seed=3), ZestConfig(top_k=2 * len(want), predictor="spectrum"))
+    assert sorted(cfg.selected_modules) == sorted(top)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

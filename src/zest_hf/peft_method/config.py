@@ -88,8 +88,10 @@ class ZestConfig(JsonSerializable, PeftConfig):
         lora_dropout (`float`, defaults to 0.0):
             Dropout on the LoRA branch's input (mode `"lora"` only).
         predictor (`str`, defaults to `"zest-universal"`):
-            What ranks the layers: a bundled predictor name, a local directory, a Hub repo id, or
-            `"metric:<probe column>"` (e.g. `"metric:grad_norm"`) to rank by one zero-shot metric, largest first.
+            What ranks the layers: a bundled predictor name, a local directory, a Hub repo id,
+            `"metric:<probe column>"` (e.g. `"metric:grad_norm"`) to rank by one zero-shot metric, largest first, or
+            `"spectrum"`: Spectrum's data-free choice (per projection type, the layers whose singular values stand
+            furthest above the Marchenko-Pastur noise edge; every type gets the same share of the budget).
         predictor_revision (`str`, *optional*):
             Hub revision of the predictor; pin it for reproducible selections. (peft's own `revision` field is the
             base model's revision, hence the longer name.)

@@ -11,7 +11,10 @@ from ..serialization import JsonSerializable, check_keys
 from ..probe.result import ProbeResult
 from ..probe.run import probe
 
-__all__ = ["Ranking", "rank", "rank_probe"]
+__all__ = ["Ranking", "rank", "rank_probe", "SPECTRUM"]
+
+#: ``predictor=SPECTRUM``: Spectrum's data-free selection (see :func:`_rank_result_spectrum`).
+SPECTRUM = "spectrum"
 
 
 @dataclass
@@ -45,6 +48,8 @@ def rank_probe(result: ProbeResult, predictor=None, revision: str | None = None)
     included). The probe must hold the columns the predictor reads."""
     if isinstance(predictor, str) and predictor.startswith("metric:"):
         return _rank_result_by_column(result, predictor)
+    if predictor == SPECTRUM:
+        return _rank_result_spectrum(result)
     pred = load_predictor(predictor, revision=revision)
     scores = pred.score(result)
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
@@ -62,7 +67,8 @@ def rank(model: nn.Module, batch, predictor=None, *, revision: str | None = None
         model: Any transformers model with a loss head; left exactly as it was.
         batch: One collated batch (with ``labels`` unless a causal LM).
         predictor: A :class:`~zest_hf.predictor.ZestPredictor`, a local directory, a bundled name, or a Hub repo
-            id; ``None`` for the bundled default; or ``"metric:<column>"`` to rank by one probe column.
+            id; ``None`` for the bundled default; ``"metric:<column>"`` to rank by one probe column; or
+            ``"spectrum"`` for Spectrum's data-free choice (the batch is not used).
         revision: Hub revision of the predictor (pin it for reproducible selections).
         **probe_kwargs: Passed to :func:`zest_hf.probe` (``targets``, ``target_modules``, ``seed``...).
 
@@ -73,6 +79,8 @@ def rank(model: nn.Module, batch, predictor=None, *, revision: str | None = None
     """
     if isinstance(predictor, str) and predictor.startswith("metric:"):
         return _rank_by_column(model, batch, predictor, **probe_kwargs)
+    if predictor == SPECTRUM:
+        return _rank_result_spectrum(probe(model, batch, ["spectral"], **probe_kwargs))
     pred = load_predictor(predictor, revision=revision)
     metrics = _metrics_for(pred.metrics)
     result = probe(model, batch, metrics, **probe_kwargs)
@@ -101,6 +109,30 @@ def _rank_result_by_column(result: ProbeResult, spec: str) -> Ranking:
     sign = 1.0 if descending else -1.0
     layers = [dict({k: result.layers[idx[n]][k] for k in keys}, score=sign * vals[idx[n]]) for n in order]
     return Ranking(layers=layers, predictor=spec, meta={"probe": result.meta})
+
+
+def _rank_result_spectrum(result: ProbeResult) -> Ranking:
+    """Spectrum (arXiv 2406.06623; cognitivecomputations/spectrum): within each projection type, layers ordered by
+    the signal-to-noise ratio of their singular values (``spectral_snr``), and the top fraction of EVERY type kept.
+    As one ranking: a layer's score is ``1 - j / n`` for the j-th best (from 0) of its type's n layers, ties broken
+    by the SNR, so the top ``k`` hold each type's best ``k / types`` layers (Spectrum's per-type fraction) and any
+    budget ZEST takes (``top_k``, a parameter fraction) cuts it the same way."""
+    if "spectral_snr" not in result.values:
+        raise ValueError("predictor='spectrum' needs the probe's 'spectral_snr' column: probe with "
+                         "metrics=['spectral'] (or 'all')")
+    snr = result.column("spectral_snr")
+    by_type: dict[str, list[int]] = {}
+    for i, layer in enumerate(result.layers):
+        by_type.setdefault(layer["type"], []).append(i)
+    score = [0.0] * len(snr)
+    for members in by_type.values():
+        members.sort(key=lambda i: (-snr[i], i))
+        for j, i in enumerate(members):
+            score[i] = 1.0 - j / len(members)
+    order = sorted(range(len(snr)), key=lambda i: (-score[i], -snr[i], i))
+    keys = ("name", "type", "block", "depth", "num_params")
+    layers = [dict({k: result.layers[i][k] for k in keys}, score=score[i], spectral_snr=snr[i]) for i in order]
+    return Ranking(layers=layers, predictor=SPECTRUM, meta={"probe": result.meta})
 
 
 def _metrics_for(columns: list[str]) -> list[str]:

@@ -73,6 +73,16 @@ TASK_BUDGET = {("minilm", "bigbench:cs_algorithms/valid_parentheses"): dict(max_
                ("smollm2", "bigbench:timedial"): _LOGLIK}
 
 
+# Decoder classification tasks collected with the multiple-choice protocol (label names scored by log-likelihood,
+# no head) rather than a new classification head: the head-trained SmolLM2 pilots (fever, multiemo, bbc_news) did not
+# separate, and an instruct decoder is used through its LM head.
+LOGLIK_CLASSIFICATION: set[tuple[str, str]] = set()
+
+
+def decoder_classification(model: str, task: str) -> str:
+    return "causal_lm" if (model, task) in LOGLIK_CLASSIFICATION else "seq_cls"
+
+
 def smollm2_subset(targets) -> list[str]:
     """Every projection type at six evenly spaced depths (blocks 0, 6, 12, 17, 23, 29): 42 of 210 layers."""
     n_blocks = max(t.block for t in targets) + 1
@@ -99,8 +109,20 @@ def run_probe(model: str, task: str, again: bool = False) -> None:
     path = probe_path(model, task)
     if path.exists() and not again:
         return
+    old = zest_hf.ProbeResult.from_json(path) if path.exists() else None
+    all_columns = [c for m in zest_hf.resolve_metrics("all") for c in m.columns]
+    if old is not None and all(c in old.values for c in all_columns):
+        return  # already has every metric this zest_hf knows
+    from zest_hf.tasks import load_task
+    from zest_hf.workflow import choose_head
+
     b = BUDGETS[model]
-    prep = prepare(model, task, batch_size=PROBE_BATCH, max_length=b["max_length"], seed=0)
+    # the head the ground truth was collected with (a decoder classification task: see LOGLIK_CLASSIFICATION)
+    head = choose_head(model, load_task(task).kind, decoder_classification=decoder_classification(model, task))
+    if old is not None and old.meta.get("head") not in (None, head):
+        raise ValueError(f"{path} was probed with head {old.meta.get('head')!r}, its ground truth's protocol says "
+                         f"{head!r}; refusing to overwrite it with another protocol's probe")
+    prep = prepare(model, task, head=head, batch_size=PROBE_BATCH, max_length=b["max_length"], seed=0)
     result = zest_hf.probe(prep.model, prep.batch, metrics="all", seed=0, progress=True)
     result.meta.update({"model": model, "task": prep.task.name, "head": prep.head, "probe_batch_seed": 0,
                         "max_length": b["max_length"], "split": "train"})
@@ -175,7 +197,9 @@ def main() -> int:
         for seed in seeds:
             print(f"== {model} {task} seed {seed}", file=sys.stderr, flush=True)
             collect_contributions(model, task, contrib_path(model, task, seed), seed=seed,
-                                  budget=ContribBudget(**{**BUDGETS[model], **TASK_BUDGET.get((model, task), {})}), layers=layers, progress=True)
+                                  budget=ContribBudget(**{**BUDGETS[model], **TASK_BUDGET.get((model, task), {})}),
+                                  layers=layers, progress=True,
+                                  decoder_classification=decoder_classification(model, task))
     return 0
 
 

@@ -189,3 +189,17 @@ def test_the_sparse_head_is_refused_where_the_model_changes_its_logits_after_the
         assert not _sparse_head_is_exact(*args)
     finally:
         type(setup.model).forward = real
+
+
+def test_a_decoder_classification_task_can_take_the_multiple_choice_protocol(tiny_llama_dir):
+    """decoder_classification="causal_lm": the label names are the choices, scored by log-likelihood, no head."""
+    from zest_hf.contrib import setup_contributions
+
+    setup = setup_contributions(str(tiny_llama_dir), "bbc_news", seed=0, budget=SMALL,
+                                decoder_classification="causal_lm")
+    assert setup.head_params == [] and setup.choice_plan is not None and setup.row_base["scoring"] == "loglik"
+    t = [t for t in setup.targets if t.block == 1][0]
+    fast, naive = setup.run(t, caches=setup.caches(t.block)), setup.run(t, sparse_head=False)
+    assert fast["val_acc"] == naive["val_acc"] and fast["val_loss"] == pytest.approx(naive["val_loss"], rel=1e-5)
+    with_head = setup_contributions(str(tiny_llama_dir), "bbc_news", seed=0, budget=SMALL)
+    assert with_head.head_params and with_head.row_base["scoring"] == "head"

@@ -49,6 +49,7 @@ __all__ = [
     "probe",
     "register_metric",
     "resolve_metrics",
+    "save_adapter",
     "select",
 ]
 
@@ -58,5 +59,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "ProbeResult": ".probe.result", "probe": ".probe.run",
     "select": ".selection.resolve",
     "ZestConfig": ".peft_method.config", "load_adapter": ".peft_method.load",
+    "save_adapter": ".peft_method.save",
     "ZestCallback": ".train.callback", "prepare_trainer": ".train.callback",
 })

@@ -2,7 +2,7 @@
 
 One folder, as peft's own tuners: ``config.py`` (what to select and how to train it), ``layer.py`` (one selected
 projection, trained in place), ``model.py`` (walks the model, wraps the selection, saves and loads it), ``load.py`` (loading a saved
-adapter all or nothing).
+adapter all or nothing), ``save.py`` (saving one, from sharded processes too).
 
 peft's ``PeftType`` enum is closed to other packages (``register_peft_method`` refuses unknown names), so
 :func:`register` adds ``"ZEST"`` to the dicts peft looks methods up in. Importing this package calls it, and
@@ -17,6 +17,7 @@ from .config import MODES, PEFT_TYPE, PREFIX, SELECTION_FILE, ZestConfig, ZestLo
 from .layer import ZestAdapterError, ZestLayer
 from .load import load_adapter
 from .model import ZestModel, check_modules
+from .save import save_adapter
 
 __all__ = [
     "MODES",
@@ -32,6 +33,7 @@ __all__ = [
     "check_modules",
     "load_adapter",
     "register",
+    "save_adapter",
 ]
 
 # (module, dict, value): where peft versions keep their method registries. A dict missing in the installed peft is

@@ -135,6 +135,7 @@ def setup_contributions(
     split_seed: int = 0,
     device: str | None = None,
     model_label: str | None = None,
+    decoder_classification: str = "seq_cls",
 ) -> ContribSetup:
     """Load, check and tokenise everything a collection needs (see :func:`collect_contributions` for the
     arguments). Every check that can fail runs here, before any training."""
@@ -148,7 +149,7 @@ def setup_contributions(
     budget.validate()
     task = load_task(task_name, split_seed=split_seed)
     # the collected protocol: a decoder classifies with a new head, and answers multiple choice by log-likelihood
-    head_kind = choose_head(model_name, task.kind, decoder_classification="seq_cls")
+    head_kind = choose_head(model_name, task.kind, decoder_classification=decoder_classification)
     n_train = len(task.splits["train"])
     need = budget.steps * budget.batch_size
     if need > budget.max_epochs * n_train:
@@ -225,6 +226,7 @@ def collect_contributions(
     device: str | None = None,
     progress: bool = True,
     model_label: str | None = None,
+    decoder_classification: str = "seq_cls",
 ) -> list[dict]:
     """Collect contribution scores for every candidate layer (or ``layers``) of a model on a task.
 
@@ -238,6 +240,9 @@ def collect_contributions(
         split_seed: Train/validation/test split of the task.
         device: Where to train (default CPU).
         model_label: The ``model`` value written on each line (default ``model_name``).
+        decoder_classification: A decoder on a classification task: ``"seq_cls"`` trains a new classification
+            head beside the layer; ``"causal_lm"`` scores the label names by log-likelihood with no head (the
+            multiple-choice protocol; ``scoring`` says which on every line).
 
     Returns:
         All lines of ``out`` for this model, task and seed (old and new).
@@ -245,7 +250,8 @@ def collect_contributions(
     from tqdm.auto import tqdm
 
     setup = setup_contributions(model_name, task_name, seed=seed, budget=budget, layers=layers,
-                                split_seed=split_seed, device=device, model_label=model_label)
+                                split_seed=split_seed, device=device, model_label=model_label,
+                                decoder_classification=decoder_classification)
     label, task_full = setup.row_base["model"], setup.row_base["task"]
     out = Path(out)
 

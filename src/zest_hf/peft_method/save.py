@@ -1,0 +1,43 @@
+"""Saving a ZEST adapter from any process layout: :func:`save_adapter`.
+
+Under FSDP2 (``torch.distributed.fsdp.fully_shard``) every parameter is a DTensor holding one shard per process, and
+``PeftModel.save_pretrained`` cannot read it ("Attempted to access the data pointer on an invalid python storage").
+What an adapter holds is exactly the trainable parameters (the selected projections and the head in full mode, the
+LoRA matrices in LoRA mode), so only those are gathered, into full CPU tensors, collectively on every process; the
+main process then writes them with peft's own ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+__all__ = ["save_adapter", "is_sharded"]
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` is an FSDP2 DTensor (one shard per process)."""
+    return any(type(p).__name__ == "DTensor" for p in model.parameters())
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, **kwargs) -> None:
+    """``model.save_pretrained(directory)`` for a peft model (ZEST or LoRA), sharded by FSDP2 or not.
+
+    Sharded: call it on EVERY process (the gather is a collective); only rank 0 writes. ``kwargs`` go to peft's
+    ``save_pretrained``. An unsharded model is saved as peft saves it.
+    """
+    if not is_sharded(model):
+        model.save_pretrained(directory, **kwargs)
+        return
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    # the frozen base is never saved in an adapter, so it is never gathered either
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                ignore_frozen_params=True))
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    if main:
+        model.save_pretrained(directory, state_dict=full, is_main_process=True, **kwargs)
+    if dist.is_initialized():
+        dist.barrier()  # the files exist for every process once this returns

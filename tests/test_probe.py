@@ -418,3 +418,31 @@ def test_the_new_signals_are_not_in_the_default_probe_and_the_default_columns_ar
     assert not {"spectral_snr", "grad_snr", "gen_sign", "grasp"} & set(default_columns())
     assert {"spectral_snr", "log_cond", "alpha_hill", "grad_snr", "gen_sign", "gen_agree"} <= set(
         probe(tiny_llama(), token_batch(), metrics="all").values)
+
+
+# ----------------------------------------------------------------------------------------------- 4-bit bases
+def test_a_4bit_model_probes_like_its_dequantised_twin_and_is_left_as_it_was():
+    """Every default metric from what a 4-bit layer has: weight statistics from the dequantised weight, gradients
+    from the layer's input and output gradients, synflow through |dequantised weight|. Against the same function in
+    full precision (projections holding the dequantised values) every column agrees; grasp is refused by name."""
+    pytest.importorskip("bitsandbytes")
+    from helpers import quantize_projections_4bit
+
+    torch.manual_seed(0)
+    original = tiny_llama()
+    model, twin = quantize_projections_4bit(copy.deepcopy(original))
+    batch = token_batch()
+    packed = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
+    got = probe(model, batch, metrics="default").to_pandas().set_index("name")
+    want = probe(twin, batch, metrics="default").to_pandas().set_index("name")
+    assert list(got.index) == list(want.index) and len(got) == 14
+    for col in want.columns:
+        if col in ("type", "block", "depth", "num_params", "in_features", "out_features"):
+            continue
+        scale = want[col].abs().max() or 1.0
+        for n in want.index:
+            assert _close(got.loc[n, col], want.loc[n, col], 1e-3, abs_=1e-4 * scale), (n, col)
+    assert all(torch.equal(p, packed[n][0]) and p.requires_grad == packed[n][1] for n, p in model.named_parameters())
+    assert not any(m._forward_hooks for m in model.modules()) and "forward" not in vars(model.model.layers[0].mlp.up_proj)
+    with pytest.raises(ValueError, match="grasp"):
+        probe(model, batch, metrics="all")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 __all__ = ["peft_base", "unwrap_parallel", "base_model", "device_of", "is_causal_lm", "is_causal_lm_class",
-           "head_kind", "find_head", "HEAD_NAMES", "HEAD_KINDS"]
+           "head_kind", "find_head", "HEAD_NAMES", "HEAD_KINDS", "is_quantized", "dense_weight"]
 
 # Class-name suffixes of transformers' language-model heads (Llama's ...ForCausalLM, GPT-2's ...LMHeadModel).
 # Matched by name so that any architecture, also one transformers added after this release, is recognised.
@@ -137,3 +137,23 @@ def uses_reentrant_checkpointing(model: nn.Module) -> bool:
             flag = fn.keywords.get("use_reentrant")
             return True if flag is None else bool(flag)  # torch's default is reentrant
     return False
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """Whether a projection (or the layer a peft wrapper holds) stores its weight quantised (bitsandbytes 4 bit):
+    then the weight has no gradient, and its values exist only through dequantisation."""
+    base = getattr(module, "base_layer", module)
+    weight = getattr(base, "weight", None)
+    return weight is not None and not weight.is_floating_point() and hasattr(weight, "quant_state")
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """A projection's weight as fp32 values in its own layout: the weight itself, or the dequantised 4-bit one
+    (a temporary tensor: nothing of the module changes)."""
+    base = getattr(module, "base_layer", module)
+    weight = base.weight
+    if is_quantized(base):
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(weight.data, weight.quant_state).float()
+    return weight.detach().float()

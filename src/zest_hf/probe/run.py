@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import NonFiniteError
 from ..metrics import ActStats, GradParts, Metric, resolve_metrics
-from ..modeling import device_of, unwrap_parallel, uses_reentrant_checkpointing
+from ..modeling import dense_weight, device_of, is_quantized, unwrap_parallel, uses_reentrant_checkpointing
 from ..targets import Target, find_targets
 from .batch import check_batch, model_loss, prepare_batch
 from .result import ProbeResult
@@ -85,6 +85,9 @@ def probe(
     sources = {m.source for m in chosen}
     if "synflow" in sources:
         _check_synflow_supported(model_u)
+    if "hessian" in sources and any(is_quantized(t.module) for t in tlist):
+        raise ValueError("grasp needs a double backward through the weights, and 4-bit weights have no gradient; "
+                         "leave grasp out (metrics='default', or a list without 'grasp') on a quantised model.")
 
     device = device_of(model_u)
     data = prepare_batch(model_u, batch, device)
@@ -105,14 +108,13 @@ def probe(
     # the probe needs gradients even when called under torch.no_grad() / inference_mode(): it turns them on for
     # itself only (the caller's mode is back on exit)
     with bar, torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=rng_devices), \
-            borrowed(model_u, [t.weight for t in tlist], train_mode) as session:
+            borrowed(model_u, [t.weight for t in tlist if not is_quantized(t.module)], train_mode) as session:
         torch.manual_seed(seed)
 
         t0 = time.perf_counter()
         bar.set_postfix_str("weights")
         for i, t in enumerate(tlist):
-            w = t.weight.detach().float()
-            _apply(chosen, "weight", w, None, rows[i])
+            _apply(chosen, "weight", dense_weight(t.module), None, rows[i])
         timings["weights"] = time.perf_counter() - t0
         bar.update()
 
@@ -182,7 +184,7 @@ def _check_not_sharded(model: nn.Module) -> None:
 
 
 def _check_weights_finite(tlist: Sequence[Target]) -> None:
-    bad = [t.name for t in tlist if not bool(torch.isfinite(t.weight.detach()).all())]
+    bad = [t.name for t in tlist if not bool(torch.isfinite(dense_weight(t.module)).all())]
     if bad:
         raise NonFiniteError(f"{len(bad)} candidate layer(s) hold NaN or inf weights: {bad[:5]}. The model was "
                              "damaged before the probe (a diverged run, an fp16 overflow, a bad checkpoint); reload it.")
@@ -227,12 +229,13 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
             return
         if not part.parts:  # no gradient reached this layer: it does not affect the loss
             t = tlist[i]
-            part.parts.append(torch.zeros(t.weight.shape, dtype=torch.float32, device=t.weight.device))
+            w = dense_weight(t.module)
+            part.parts.append(torch.zeros(w.shape, dtype=torch.float32, device=w.device))
         g = part.total
         if not bool(torch.isfinite(g).all()):
             bad_grads.append(tlist[i].name)
             return
-        w = tlist[i].weight.detach().float()
+        w = dense_weight(tlist[i].module)
         _apply(grad_metrics, "grad", w, g, rows[i])
         _apply(part_metrics, "grad_parts", w, part, rows[i])
 
@@ -278,11 +281,12 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
         for i, t in enumerate(tlist):
             add_hook(t.module.register_forward_hook(forward_hook(i)))
         given_embeds = torch.is_tensor(data.get("inputs_embeds"))
+        float_targets = [t for t in tlist if not is_quantized(t.module)]
         # without an input to make require grad, the weights must (autograd then also computes their gradients)
         weights_off = "hessian" not in sources and (given_embeds or callable(getattr(model, "get_input_embeddings",
                                                                                       None)))
         if weights_off:
-            for t in tlist:
+            for t in float_targets:
                 t.weight.requires_grad_(False)
         if weights_off or _needs_input_grad(model):
             if given_embeds:
@@ -292,7 +296,7 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
         try:
             loss_value = _forward_backward(model, tlist, data, chosen, sources, rows, session)
         finally:
-            for t in tlist:
+            for t in float_targets:
                 t.weight.requires_grad_(True)
         for i in range(len(tlist)):
             finish(i)  # layers whose output never reached the loss (no gradient arrived)
@@ -310,7 +314,7 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
             s = fisher_sums[i]
             if s is None:  # the layer's output never reached the loss
                 s = torch.zeros(1, t.out_features)
-            _apply(chosen, "fisher", t.weight.detach().float(), s, rows[i])
+            _apply(chosen, "fisher", dense_weight(t.module), s, rows[i])
     return loss_value
 
 
@@ -378,17 +382,24 @@ def _synflow_pass(model, tlist, data, chosen, rows, session: Session) -> None:
     """synflow's own pass: all parameters made non-negative in place, an all-ones input, R = sum of outputs."""
     params = [p for p in model.parameters() if p.is_floating_point()]
     signs = [torch.signbit(p.detach()) for p in params]  # one bit of information per weight, not a model copy
+    # a 4-bit weight cannot be made positive in place: its layer runs on |dequantised weight| for this pass instead,
+    # and its dR/dW is assembled from its input and output gradient
+    quantized = {i: getattr(t.module, "base_layer", t.module) for i, t in enumerate(tlist) if is_quantized(t.module)}
+    patched = []
     try:
         with torch.no_grad():
             for p in params:
                 p.abs_()
+        for i, layer in quantized.items():
+            layer.forward = _positive_dequantized_forward(layer, i, chosen, rows, session)
+            patched.append(layer)
         emb = model.get_input_embeddings()
         hidden = emb.weight.shape[-1]
         ids = data.get("input_ids")
         shape = (1, *ids.shape[1:]) if torch.is_tensor(ids) else (1, *data["inputs_embeds"].shape[1:-1])
         ones = torch.ones(*shape, hidden, dtype=emb.weight.dtype, device=emb.weight.device)
         # the all-ones input bypasses the embedding layer, so no embedding hook can make it require grad
-        ones.requires_grad_(_needs_input_grad(model))
+        ones.requires_grad_(_needs_input_grad(model) or bool(quantized))
         kwargs = {"inputs_embeds": ones, "attention_mask": torch.ones(shape, dtype=torch.long, device=ones.device)}
         if "use_cache" in data:
             kwargs["use_cache"] = False
@@ -397,19 +408,57 @@ def _synflow_pass(model, tlist, data, chosen, rows, session: Session) -> None:
         r = logits.float().sum()
 
         def collect(i, g):
-            _apply(chosen, "synflow", tlist[i].weight.detach().float(), g.detach().float(), rows[i])
+            _apply(chosen, "synflow", dense_weight(tlist[i].module), g.detach().float(), rows[i])
 
         with session.hooks() as add_hook:
             for i, t in enumerate(tlist):
-                add_hook(t.weight.register_post_accumulate_grad_hook(_drop_after(collect, i)))
+                if i not in quantized:
+                    add_hook(t.weight.register_post_accumulate_grad_hook(_drop_after(collect, i)))
             session.phase = "synflow"
             r.backward()
             session.phase = "idle"
     finally:
+        for layer in patched:
+            del layer.forward  # the class's own forward again
         with torch.no_grad():
             for p, s in zip(params, signs):
                 # |w| negated where the sign bit was set gives back w exactly, -0.0 included.
                 p.copy_(torch.where(s, -p, p))
+
+
+def _positive_dequantized_forward(layer: nn.Module, i: int, chosen, rows, session: Session):
+    """The forward of a 4-bit projection during synflow's pass: ``x |W|^T + b`` with ``W`` dequantised on the fly
+    (and again in backward: no dense copy outlives its matmul), and the synflow metric from ``dR/dW = dy^T x``."""
+
+    def forward(x, *args, **kwargs):
+        y = _PositiveDequantized.apply(x, layer)
+        if layer.bias is not None:
+            y = y + layer.bias.to(y.dtype)  # already made non-negative with every float parameter
+
+        def hook(grad):
+            if session.phase == "synflow":
+                d = grad.detach().reshape(-1, grad.shape[-1]).float()
+                a = x.detach().reshape(-1, x.shape[-1]).float()
+                _apply(chosen, "synflow", dense_weight(layer).abs(), d.T @ a, rows[i])
+
+        if y.requires_grad:
+            y.register_hook(hook)
+        return y
+
+    return forward
+
+
+class _PositiveDequantized(torch.autograd.Function):
+    """``x |W|^T`` for a 4-bit layer; backward recomputes ``|W|`` rather than keeping it."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        return x @ dense_weight(layer).abs().to(x.dtype).T
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad @ dense_weight(ctx.layer).abs().to(grad.dtype), None
 
 
 def _check_synflow_supported(model: nn.Module) -> None:

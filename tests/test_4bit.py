@@ -1,0 +1,52 @@
+"""ZEST over a 4-bit (bitsandbytes NF4) base: the selection ranks like the full-precision one, and ZEST-LoRA on the
+selection is the QLoRA flow with ZEST choosing the modules. (The probe's per-metric agreement with the dequantised
+twin is in test_probe.py.)"""
+
+import copy
+
+import peft
+import pytest
+import torch
+from helpers import quantize_projections_4bit, tiny_llama, token_batch
+
+import zest_hf
+from zest_hf.selection.rank import rank
+
+pytest.importorskip("bitsandbytes")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_4bit_probe_ranks_like_the_full_precision_probe(seed):
+    from scipy.stats import kendalltau
+
+    torch.manual_seed(seed)
+    original = tiny_llama(num_hidden_layers=4)
+    quantized, _ = quantize_projections_4bit(copy.deepcopy(original))
+    batch = token_batch(batch=8, seed=seed)
+    full = {r["name"]: r["score"] for r in rank(original, batch).layers}  # the bundled predictor
+    four = {r["name"]: r["score"] for r in rank(quantized, batch).layers}
+    tau = kendalltau([full[n] for n in full], [four[n] for n in full])[0]
+    assert tau > 0.85, tau  # 0.94-0.98 over these seeds: NF4's rounding reorders only near-ties
+
+
+def test_zest_lora_over_a_4bit_base_trains_only_the_selected_lora_and_leaves_the_base_as_it_was():
+    torch.manual_seed(0)
+    model, _ = quantize_projections_4bit(tiny_llama())
+    batch = token_batch()
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    cfg = zest_hf.select(model, batch, zest_hf.ZestConfig(top_k=3, mode="lora", r=4))
+    packed = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pm = peft.get_peft_model(model, cfg)
+    trainable = {n for n, p in pm.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert {n.split(".lora_")[0].removeprefix("base_model.model.") for n in trainable} == set(cfg.selected_modules)
+    opt = torch.optim.SGD([p for p in pm.parameters() if p.requires_grad], lr=0.5)
+    before = pm(**batch).loss.item()
+    for _ in range(5):
+        pm(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert pm(**batch).loss.item() < before  # it learns
+    base = {n.removeprefix("base_model.model.").replace(".base_layer", ""): p
+            for n, p in pm.named_parameters() if "lora_" not in n}
+    assert all(torch.equal(base[n], p) for n, p in packed.items())  # the 4-bit base (and everything else) untouched

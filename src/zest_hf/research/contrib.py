@@ -71,10 +71,15 @@ class ContribSetup:
     choice_plan: object = None  # a ChoicePlan: the validation forwards of a decoder scored by log-likelihood
     sparse_head: bool = False  # a causal LM's head runs only at the positions read (checked equal at set-up)
 
-    def caches(self, b: int) -> tuple[list, list]:
-        """Inputs of block ``b`` for every training and validation batch (computed once, shared by its layers)."""
-        return ([self.runner.capture(b, x) for x in self.train_batches],
-                [self.runner.capture(b, x) for x in self.val_batches])
+    def caches(self, b: int, below: tuple[int, tuple[list, list]] | None = None) -> tuple[list, list]:
+        """Inputs of block ``b`` for every training and validation batch (computed once, shared by its layers).
+        ``below`` = ``(b0, caches(b0))`` of a lower block: only the blocks between run."""
+        if below is None:
+            return ([self.runner.capture(b, x) for x in self.train_batches],
+                    [self.runner.capture(b, x) for x in self.val_batches])
+        b0, (train0, val0) = below
+        return ([self.runner.capture(b, x, start=(b0, h)) for x, h in zip(self.train_batches, train0)],
+                [self.runner.capture(b, x, start=(b0, h)) for x, h in zip(self.val_batches, val0)])
 
     def run(self, target=None, block: int | None = None, caches: tuple | None = None,
             sparse_head: bool | None = None) -> dict:
@@ -280,9 +285,11 @@ def collect_contributions(
         by_block.setdefault(last, [])
     bar = tqdm(total=len(todo) + int(run_head), desc=f"contrib {label} {task_full} s{seed}", unit="layer",
                disable=not progress)
+    below = None
     with open_for_append(out) as fh:
         for b in sorted(by_block):
-            caches = setup.caches(b)
+            caches = setup.caches(b, below)  # walking up from the last block's inputs: one forward in all
+            below = (b, caches)
             for t in list(by_block[b]) + ([None] if run_head and b == last else []):
                 row = setup.run(t, b, caches)
                 fh.write(json.dumps(row) + "\n")
@@ -290,7 +297,7 @@ def collect_contributions(
                 os.fsync(fh.fileno())
                 bar.update()
                 bar.set_postfix(layer=row["layer"][-28:], acc=f"{row['val_acc']:.3f}")
-            del caches
+            del caches  # `below` keeps this block's inputs until the next block's are made
     bar.close()
     return mine()
 

@@ -7,5 +7,7 @@ Not part of the plugin a user imports: ``import zest_hf`` never imports this pac
 * :mod:`.blocks` - runs a model block by block from cached block inputs (a layer's run skips the blocks below it);
 * :mod:`.contrib` - ground truth: fine-tune each candidate layer alone and record its validation score;
 * :mod:`.study` - Kendall tau of every single zero-shot metric against the ground truth (the paper's Table 1);
-* :mod:`.evaluation` - held-out evaluation of predictor variants (Table 2) and the learning curve.
+* :mod:`.evaluation` - held-out evaluation of predictor variants (Table 2), the learning curve, the signal ablation;
+* :mod:`.baselines` - selections ZEST is judged against (random, matched on parameter count);
+* :mod:`.cost` - a model of one training step's FLOPs, time and memory per method, from the config.
 """

@@ -269,6 +269,10 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
                 f = (y.detach().float() * grad.detach().float()).reshape(n, -1, y.shape[-1]).sum(1)
                 fisher_sums[i] = f if fisher_sums[i] is None else fisher_sums[i] + f
             if need_parts and parts[i] is not None:
+                if x is None:
+                    raise RuntimeError(f"{tlist[i].name} was called without a positional input tensor, so its weight "
+                                       "gradient cannot be assembled from its input; probe without this layer "
+                                       "(exclude_modules=...) or call it as module(x)")
                 parts[i].add(grad.detach(), x.detach(), transposed[i])
                 calls[i][1] += 1
                 if calls[i][1] == calls[i][0]:

@@ -68,9 +68,8 @@ def worker(model_name: str, mode: str, task: str, batch_size: int, length: int, 
             opt.zero_grad(set_to_none=True)
     else:
         metrics = PROBE_METRICS[mode][0]
-        if isinstance(metrics, list):
-            metrics = [c for m in metrics for c in (zest_hf.resolve_metrics(m) if m == "default" else [m])]
-            metrics = [m if isinstance(m, str) else m.name for m in metrics]
+        if isinstance(metrics, list):  # "default" plus named extras
+            metrics = [m.name for m in zest_hf.resolve_metrics("default")] + metrics[1:]
 
         def run():
             zest_hf.probe(model, batch, metrics=metrics)

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import peft
+import helpers
 import torch
 import torch.distributed as dist
-import transformers
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
 
@@ -28,10 +28,8 @@ STEPS, LR = 3, 0.5
 
 
 def tiny_llama():
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=4, pad_token_id=0)
-    return transformers.LlamaForCausalLM(cfg)
+    torch.manual_seed(0)  # the same initial weights on every rank and in the test that compares with them
+    return helpers.tiny_llama()
 
 
 def global_batch():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import datasets
 import deepspeed
+import helpers
 import torch
 import transformers
 
@@ -24,10 +25,8 @@ SELECTED = ["model.layers.0.self_attn.v_proj", "model.layers.1.mlp.up_proj"]
 
 
 def tiny_llama():
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=4, pad_token_id=0)
-    return transformers.LlamaForCausalLM(cfg)
+    torch.manual_seed(0)  # the same initial weights on every rank and in the test that compares with them
+    return helpers.tiny_llama()
 
 
 def eval_batch():

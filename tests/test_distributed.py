@@ -1,7 +1,8 @@
 """ZEST under ``accelerate launch`` with 2 real CPU processes (gloo): rank 0 selects and broadcasts, every rank trains
 the same selection with identical weights, frozen weights stay bit-identical, DDP runs without
 find_unused_parameters, and a selection error on rank 0 reaches rank 1. One launch, ~30 s on 2 cores. Also: under
-DeepSpeed ZeRO-3 (simulated: DeepSpeed is not installed here) only a resolved config is accepted."""
+DeepSpeed ZeRO-3 (simulated here, in-process; the real ZeRO-3 run is in test_sharded.py) only a resolved config is
+accepted."""
 
 import json
 import os

@@ -32,7 +32,7 @@ from torch import nn
 from .errors import NoTargetsError
 from .modeling import unwrap_parallel
 
-__all__ = ["Target", "find_targets", "CANONICAL_TYPES", "NoTargetsError"]
+__all__ = ["Target", "find_targets", "block_list", "CANONICAL_TYPES", "NoTargetsError"]
 
 #: Canonical projection types in the order they appear inside a block (used for tables and heatmaps).
 CANONICAL_TYPES = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
@@ -227,3 +227,27 @@ def _matches(name: str, spec: str | Sequence[str]) -> bool:
     if isinstance(spec, str):
         return re.fullmatch(spec, name) is not None
     return any(name == s or name.endswith("." + s) for s in spec)
+
+
+def block_list(model: nn.Module, targets: Sequence[Target], purpose: str) -> tuple[str, nn.ModuleList]:
+    """``(path, blocks)``: the ``nn.ModuleList`` of transformer blocks the ``targets`` of ``model`` sit in (Llama
+    ``model.layers``, BERT ``encoder.layer``, GPT-2 ``transformer.h``...). ``purpose`` names what needs it, for the
+    errors: targets spread over several lists (an encoder-decoder), or blocks not held in a ``ModuleList``."""
+    if not targets:
+        raise ValueError(f"{purpose} needs transformer blocks, and {type(model).__name__} has no candidate layers")
+    prefixes = {t.name.split(f".{_block_index_str(t.name)}.", 1)[0] for t in targets}
+    if len(prefixes) != 1:
+        raise ValueError(f"{purpose} needs all candidate layers in one block list; found several: {sorted(prefixes)}")
+    path = prefixes.pop()
+    blocks = model.get_submodule(path)
+    if not isinstance(blocks, nn.ModuleList):
+        raise TypeError(f"{path} is a {type(blocks).__name__}, not an nn.ModuleList of blocks ({purpose})")
+    return path, blocks
+
+
+def _block_index_str(name: str) -> str:
+    """The block index as it appears in a module name: its first purely numeric component."""
+    for part in name.split("."):
+        if part.isdigit():
+            return part
+    raise ValueError(f"{name} has no block index")

@@ -165,7 +165,8 @@ def resolve_metrics(metrics) -> list[Metric]:
     """Turn a user's ``metrics=`` argument into registered metrics, in registry order.
 
     ``None`` or ``"default"``: every metric registered with ``default=True``: all but grasp (a double backward, ~2x
-    the probe's cost) and the signals still being judged (spectral, grad_snr, two_halves). ``"all"``: every metric. A list: those names (a column name such as ``"snip_mean"`` selects its metric).
+    the probe's cost) and the signals still being judged (spectral, grad_snr, two_halves). ``"all"``: every metric.
+    A list: those names (a column name such as ``"snip_mean"`` selects its metric).
     """
     if metrics is None or metrics == "default":
         names = [m for m, spec in METRICS.items() if spec.default]

@@ -227,15 +227,13 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
         part, parts[i] = parts[i], None
         if part is None or not need_parts:
             return
+        w = dense_weight(tlist[i].module)
         if not part.parts:  # no gradient reached this layer: it does not affect the loss
-            t = tlist[i]
-            w = dense_weight(t.module)
             part.parts.append(torch.zeros(w.shape, dtype=torch.float32, device=w.device))
         g = part.total
         if not bool(torch.isfinite(g).all()):
             bad_grads.append(tlist[i].name)
             return
-        w = dense_weight(tlist[i].module)
         _apply(grad_metrics, "grad", w, g, rows[i])
         _apply(part_metrics, "grad_parts", w, part, rows[i])
 
@@ -441,9 +439,9 @@ def _positive_dequantized_forward(layer: nn.Module, i: int, chosen, rows, sessio
 
         def hook(grad):
             if session.phase == "synflow":
-                d = grad.detach().reshape(-1, grad.shape[-1]).float()
-                a = x.detach().reshape(-1, x.shape[-1]).float()
-                _apply(chosen, "synflow", dense_weight(layer).abs(), d.T @ a, rows[i])
+                whole = GradParts(groups=1)  # dR/dW from the layer's own input and output gradient
+                whole.add(grad.detach(), x.detach())
+                _apply(chosen, "synflow", dense_weight(layer).abs(), whole.total, rows[i])
 
         if y.requires_grad:
             y.register_hook(hook)

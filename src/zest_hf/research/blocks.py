@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from ..targets import Target
+from ..targets import Target, block_list
 
 __all__ = ["BlockRunner"]
 
@@ -34,20 +34,10 @@ class BlockRunner:
     """Blocks of ``model`` as found from its targets (all targets must share one block list)."""
 
     def __init__(self, model: nn.Module, targets: list[Target]):
-        prefixes = {t.name.split(f".{_block_index_str(t)}.", 1)[0] for t in targets}
-        if len(prefixes) != 1:
-            raise ValueError(
-                f"block caching needs all candidate layers in one block list; found several: {sorted(prefixes)}"
-            )
         self.model = model
-        self.path = prefixes.pop()
-        parent_path, _, attr = self.path.rpartition(".")
+        self.path, self.blocks = block_list(model, targets, "block caching")
+        parent_path, _, self.attr = self.path.rpartition(".")
         self.parent = model.get_submodule(parent_path) if parent_path else model
-        self.attr = attr
-        blocks = getattr(self.parent, attr)
-        if not isinstance(blocks, nn.ModuleList):
-            raise TypeError(f"{self.path} is a {type(blocks).__name__}, not an nn.ModuleList of blocks")
-        self.blocks = blocks
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -102,11 +92,3 @@ class BlockRunner:
         finally:
             setattr(self.parent, self.attr, self.blocks)
             handle.remove()
-
-
-def _block_index_str(t: Target) -> str:
-    # The block index as it appears in the name: the first purely numeric component.
-    for part in t.name.split("."):
-        if part.isdigit():
-            return part
-    raise ValueError(f"{t.name} has no block index")

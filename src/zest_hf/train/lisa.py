@@ -20,18 +20,10 @@ __all__ = ["LisaCallback", "transformer_blocks"]
 
 def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     """The model's list of transformer blocks (Llama ``model.layers``, BERT ``encoder.layer``, GPT-2 ``h``...)."""
-    from ..targets import find_targets
+    from ..targets import block_list, find_targets
 
     base = peft_base(model)
-    targets = find_targets(base)
-    if not targets:
-        raise ValueError(f"{type(base).__name__} has no transformer blocks zest_hf recognises")
-    name = targets[0].name
-    path = name[: name.index(f".{targets[0].block}.")]
-    blocks = base.get_submodule(path)
-    if not isinstance(blocks, nn.ModuleList):
-        raise TypeError(f"{path} is a {type(blocks).__name__}, not the ModuleList of blocks LISA samples from")
-    return blocks
+    return block_list(base, find_targets(base), "LISA")[1]
 
 
 class LisaCallback(TrainerCallback):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -58,17 +59,27 @@ from zest_hf.contrib import read_jsonl  # noqa: E402
 # evaluation is a large share of each run, so validation and test sets are subsets and the grids have two rates.
 BUDGETS = {
     "minilm": dict(steps=100, batch_size=16, max_length=64, val_examples=256, test_examples=500, curve_points=4,
-                   tasks=["bigbench:multiemo/all_sentence_en", "bigbench:fact_checker/fever", "bbc_news"],
+                   # the first three are Table 3's; the other three give the anchors' comparison its power
+                   tasks=["bigbench:multiemo/all_sentence_en", "bigbench:fact_checker/fever", "bbc_news",
+                          "twitter_sentiment", "bigbench:mnist_ascii", "bigbench:cs_algorithms/valid_parentheses"],
                    grids={"head": [3e-3, 1e-2], "full": [3e-5, 1e-4], "sparse": [3e-4, 1e-3], "lora": [1e-3, 3e-3]}),
     "smollm2": dict(steps=40, batch_size=8, max_length=64, val_examples=128, test_examples=300, curve_points=2,
                     # SmolLM2 tasks whose ground truth separates (predictors/data/README.md): valid_parentheses with
                     # a classification head, goal_step_wikihow as a decoder does multiple choice (the layers alone
                     # train on the gold answer's LM loss; accuracy by log-likelihood; "head only" = untrained).
                     # On fever and multiemo nothing but the head learns; twitter's first layers did not beat its head.
-                    tasks=["bigbench:cs_algorithms/valid_parentheses", "bigbench:goal_step_wikihow/step_inference"],
+                    # Every SmolLM2 test split is smaller than test_examples (valid_parentheses 100, the multiple
+                    # choice ones 195-255): each is used whole.
+                    tasks=["bigbench:cs_algorithms/valid_parentheses", "bigbench:goal_step_wikihow/step_inference",
+                           "bigbench:social_iqa"],
                     grids={"head": [3e-3, 1e-2], "full": [1e-5, 3e-5], "sparse": [1e-4, 3e-4], "lora": [1e-3, 3e-3]}),
 }
-SEEDS = [0, 1, 2]
+SEEDS = [0, 1, 2, 3, 4]
+# A method's mean over tasks counts a task once the method has this many seeds there (Table 3 was run with 3).
+MIN_SEEDS = 3
+# Trainable budgets of the sweep, as fractions of the projection (candidate) parameters. The smallest is 1.5 %, not
+# 1 %: MiniLM's smallest projection alone holds 1.39 % of its projection parameters.
+SWEEP = (0.015, 0.03, 0.10, 0.30)
 
 
 def budget_of(model_name: str) -> dict:
@@ -78,13 +89,25 @@ def budget_of(model_name: str) -> dict:
 
 @dataclass(frozen=True)
 class Method:
-    """One way of choosing what trains. ``kind`` says how the model is built; ``family`` picks the LR grid."""
+    """One way of choosing what trains. ``kind`` says how the model is built; ``family`` picks the LR grid.
+
+    ``k`` (layers) or ``budget`` (a fraction of the projection parameters) sizes a selection; ``r`` is the LoRA
+    rank (alpha = r); ``lisa`` is LISA's (active blocks, steps between draws).
+    """
 
     name: str
-    kind: str  # head_only | full | zest | random | single | oracle | lora_all | lora_zest
+    # head_only | full | zest | random | single | oracle | lora_all | lora_zest | spectrum | random_matched | lisa
+    kind: str
     family: str
     k: int | None = None
     cost_weight: float = 0.0
+    budget: float | None = None
+    r: int = 8
+    lisa: tuple[int, int] | None = None
+
+
+def pct(budget: float) -> str:
+    return f"{budget * 100:g}%"
 
 
 METHODS = [
@@ -100,6 +123,19 @@ METHODS = [
     Method("LoRA ZEST@5", "lora_zest", "lora", 5),
     Method("ZEST@5 cost 0.5", "zest", "sparse", 5, 0.5),
 ]
+# Table 3's methods: reported as they were run (3 seeds); the anchors and the sweep below are the paired study.
+TABLE3 = [m.name for m in METHODS]
+# What users pick instead of ZEST, at matched budgets. Spectrum: cognitivecomputations/spectrum's SNR, each
+# projection type the same share (predictor="spectrum"); Random matched: random projections holding as many
+# parameters as ZEST's selection at that budget on the same task and seed (zest_hf.research.baselines.random_matched,
+# a fresh draw per seed); LISA: LMFlow's defaults
+# (2 active blocks, re-drawn every 20 steps; embeddings and head always train) at full fine-tuning's rates.
+for _b in SWEEP:
+    METHODS += [Method(f"ZEST {pct(_b)}", "zest", "sparse", budget=_b),
+                Method(f"Spectrum {pct(_b)}", "spectrum", "sparse", budget=_b),
+                Method(f"Random {pct(_b)} matched", "random_matched", "sparse", budget=_b),
+                Method(f"ZEST {pct(_b)} cost 0.5", "zest", "sparse", budget=_b, cost_weight=0.5)]
+METHODS += [Method("LoRA r16 all", "lora_all", "lora", r=16), Method("LISA", "lisa", "full", lisa=(2, 20))]
 BY_NAME = {m.name: m for m in METHODS}
 
 
@@ -158,13 +194,21 @@ def zest_config(method: Method, model, selectors: dict, oracle: list[str] | None
     from zest_hf.modeling import find_head
 
     if method.kind in ("zest", "lora_zest"):
-        return zest_hf.ZestConfig(top_k=method.k, predictor=selectors["predictor"], cost_weight=method.cost_weight,
-                                  mode="lora" if method.kind == "lora_zest" else "full", probe_seed=seed)
+        return zest_hf.ZestConfig(top_k=method.k, budget=method.budget, predictor=selectors["predictor"],
+                                  cost_weight=method.cost_weight, mode="lora" if method.kind == "lora_zest" else "full",
+                                  probe_seed=seed)
+    if method.kind == "spectrum":
+        return zest_hf.ZestConfig(top_k=method.k, budget=method.budget, predictor="spectrum", probe_seed=seed)
     if method.kind == "single":
         return zest_hf.ZestConfig(top_k=method.k, predictor=selectors["single"], probe_seed=seed)
-    names = [t.name for t in zest_hf.find_targets(model)]
+    targets = zest_hf.find_targets(model)
+    names = [t.name for t in targets]
     if method.kind == "random":
         chosen = [names[i] for i in np.random.default_rng(seed).choice(len(names), method.k, replace=False)]
+    elif method.kind == "random_matched":
+        from zest_hf.research.baselines import random_matched
+
+        chosen = random_matched([t.to_dict() for t in targets], selectors["matched_params"], seed)
     elif method.kind == "oracle":
         chosen = oracle
     else:
@@ -172,7 +216,8 @@ def zest_config(method: Method, model, selectors: dict, oracle: list[str] | None
     return zest_hf.ZestConfig(selected_modules=chosen, modules_to_save=find_head(model))
 
 
-ZEST_KINDS = ("zest", "lora_zest", "single", "random", "oracle")
+ZEST_KINDS = ("zest", "lora_zest", "single", "random", "oracle", "spectrum", "random_matched")
+PROBING_KINDS = ("zest", "lora_zest", "single", "spectrum")
 
 
 def build(method: Method, model, selectors: dict, oracle, seed: int, trainer=None, batch=None):
@@ -194,8 +239,13 @@ def build(method: Method, model, selectors: dict, oracle, seed: int, trainer=Non
         return model, None
     if method.kind == "lora_all":
         names = [t.name for t in zest_hf.find_targets(model)]
-        return peft.get_peft_model(model, peft.LoraConfig(target_modules=names, r=8, lora_alpha=8,
+        return peft.get_peft_model(model, peft.LoraConfig(target_modules=names, r=method.r, lora_alpha=method.r,
                                                           modules_to_save=head)), None
+    if method.kind == "lisa":
+        # every block trainable while the optimizer is built; LisaCallback then freezes all but its draw
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model, None
     cfg = zest_config(method, model, selectors, oracle, seed)
     if trainer is not None:
         cfg = zest_hf.prepare_trainer(trainer, cfg)
@@ -228,6 +278,7 @@ def run_one(model_name: str, task_name: str, method: Method, lr: float, head_lr:
     import torch
     import transformers
 
+    from zest_hf import find_targets
     from zest_hf.modeling import find_head
     from zest_hf.models import load_model
     from zest_hf.tasks import collator_for, load_task, prepare_tokenizer
@@ -237,6 +288,7 @@ def run_one(model_name: str, task_name: str, method: Method, lr: float, head_lr:
     transformers.set_seed(seed)  # the head's initialisation
     model, tok = load_model(model_name, kind, num_labels=task.num_labels if kind == "seq_cls" else None)
     prepare_tokenizer(tok, model)
+    sizes = {t.name: t.num_params for t in find_targets(model)}  # the projections a budget is a fraction of
     # a decoder on multiple choice has no new head: the method's layers alone train on the gold answer's LM loss
     head = find_head(model) if kind == "seq_cls" else []
     train, val, test = _data(model_name, task, tok, budget, kind)
@@ -281,6 +333,11 @@ def run_one(model_name: str, task_name: str, method: Method, lr: float, head_lr:
         model, _ = build(method, model, selectors, oracle, seed)
     trainer = TwoRateTrainer(model=model, **trainer_kwargs)
     trainer.remove_callback(transformers.PrinterCallback)  # the curve is read from log_history; keep stdout quiet
+    if method.kind == "lisa":
+        from zest_hf.train import LisaCallback
+
+        n_blocks, interval = method.lisa
+        trainer.add_callback(LisaCallback(trainer.model, n_layers=n_blocks, interval=interval, seed=seed))
     curve = []
     if loglik:  # the Trainer's evaluate cannot score choices: the curve points come from this callback
         trainer.add_callback(_choice_curve(lambda: _choice_accuracy(trainer.model, tok, val, budget), every, curve))
@@ -305,6 +362,8 @@ def run_one(model_name: str, task_name: str, method: Method, lr: float, head_lr:
     return {"val_acc": curve[-1][1], "test_acc": test_acc, "curve": curve, "train_s": wall,
             "trainable": trainable, "trainable_wo_head": trainable - head_params, "total_params": total,
             "selected": cfg.selected_modules if cfg is not None else None,
+            "projection_params": sum(sizes.values()),
+            "selected_params": sum(sizes[n] for n in cfg.selected_modules) if cfg is not None else None,
             "predictor": cfg.selection_info.get("predictor") if cfg is not None and cfg.selection_info else None}
 
 
@@ -370,6 +429,25 @@ def _data(model_name: str, task, tok, budget: dict, kind: str = "seq_cls"):
     return _DATA[key]
 
 
+def matched_params(runs_path: Path, model_name: str, task: str, method: Method, seed: int) -> int:
+    """The parameter count a ``random_matched`` run must hold: what ZEST at the same budget selected on the same
+    task and seed (ZEST's budget takes the longest prefix of its ranking that fits, so it holds less than the
+    budget; the random draw holds the same, not the budget)."""
+    zest = f"ZEST {pct(method.budget)}"
+    for r in read_jsonl(runs_path):
+        if (r["model"], r["task"], r["method"], r["seed"]) == (model_name, task, zest, seed) \
+                and r["budget"] == key_budget(model_name) and r.get("selected_params"):
+            return int(r["selected_params"])
+    raise SystemExit(f"{method.name} on {model_name}/{task} seed {seed} is matched to {zest}'s selection: run "
+                     f"{zest} first (--methods '{zest},{method.name}')")
+
+
+def key_budget(model_name: str) -> dict:
+    """What a run line records of its model's budget; a run counts for the current design only when it matches."""
+    budget = budget_of(model_name)
+    return {k: budget[k] for k in ("steps", "batch_size", "max_length", "val_examples", "test_examples")}
+
+
 def best_lr(rows: list[dict]) -> float:
     """The tuning seed's best learning rate: highest validation accuracy, the smaller rate on a tie."""
     return max(rows, key=lambda r: (r["val_acc"], -r["lr"]))["lr"]
@@ -381,7 +459,7 @@ def accuracy_phase(models, methods, out_dir: Path, arch: str, normalization: str
     runs_path = out_dir / "runs.jsonl"
     for model_name in models:
         budget = budget_of(model_name)
-        key_budget = {k: budget[k] for k in ("steps", "batch_size", "max_length", "val_examples", "test_examples")}
+        kb = key_budget(model_name)
         for task in budget["tasks"]:
             # Built only when a method of this invocation needs them: the leave-one-task-out predictor is frozen
             # when first built, so methods that do not use it (head only, full FT, Random, LoRA all) can run while
@@ -399,7 +477,7 @@ def accuracy_phase(models, methods, out_dir: Path, arch: str, normalization: str
                 lrs = budget["grids"][m.family]
                 for stage in ("grid", "seeds"):
                     done = [r for r in read_jsonl(runs_path) if r["model"] == model_name and r["task"] == task
-                            and r["method"] == m.name and r["budget"] == key_budget]
+                            and r["method"] == m.name and r["budget"] == kb]
                     if stage == "grid":
                         todo = [(lr, SEEDS[0]) for lr in lrs]
                     else:
@@ -410,16 +488,19 @@ def accuracy_phase(models, methods, out_dir: Path, arch: str, normalization: str
                             bar.update()
                             continue
                         hl = lr if m.kind == "head_only" else head_lr
-                        res = run_one(model_name, task, m, lr, hl, seed, budget, selectors, oracle)
+                        sel = selectors
+                        if m.kind == "random_matched":
+                            sel = {**selectors, "matched_params": matched_params(runs_path, model_name, task, m, seed)}
+                        res = run_one(model_name, task, m, lr, hl, seed, budget, sel, oracle)
                         row = {"model": model_name, "task": task, "method": m.name, "lr": lr, "head_lr": hl,
-                               "seed": seed, "budget": key_budget, **res}
+                               "seed": seed, "budget": kb, **res}
                         with runs_path.open("a") as fh:
                             fh.write(json.dumps(row) + "\n")
                         bar.update()
                         bar.set_postfix(method=m.name, lr=lr, seed=seed, test=f"{res['test_acc']:.3f}")
                 if m.kind == "head_only":
                     grid = [r for r in read_jsonl(runs_path) if r["model"] == model_name and r["task"] == task
-                            and r["method"] == m.name and r["seed"] == SEEDS[0] and r["budget"] == key_budget]
+                            and r["method"] == m.name and r["seed"] == SEEDS[0] and r["budget"] == kb]
                     head_lr = best_lr(grid)
             bar.close()
 
@@ -470,14 +551,30 @@ def cost_worker(model_name: str, method_name: str, out_dir: Path, repeats: int) 
     method = BY_NAME[method_name]
     model, batch = _cost_batch(model_name)
     head = find_head(model)
-    if method.kind in ("zest", "lora_zest", "single"):
+    if method.kind in PROBING_KINDS:
         # Selected in a separate process (see select_worker); here the resolved config is only applied.
         cfg = zest_hf.ZestConfig.from_json(run_worker([__file__, "--select-worker", model_name, method_name,
                                                        "--out-dir", str(out_dir)])["config"])
         model = peft.get_peft_model(model, cfg.to_lora_config() if cfg.mode == "lora" else cfg)
     else:
         oracle = oracle_layers(model_name, task, 5) if method.kind == "oracle" else None
-        model, cfg = build(method, model, {}, oracle, 0, batch=batch)
+        selectors = {}
+        if method.kind == "random_matched":  # as many parameters as ZEST's selection at the budget
+            zest = zest_hf.ZestConfig.from_json(run_worker([__file__, "--select-worker", model_name,
+                                                            f"ZEST {pct(method.budget)}", "--out-dir",
+                                                            str(out_dir)])["config"])
+            sizes = {t.name: t.num_params for t in zest_hf.find_targets(model)}
+            selectors = {"matched_params": sum(sizes[n] for n in zest.selected_modules)}
+        model, cfg = build(method, model, selectors, oracle, 0, batch=batch)
+    if method.kind == "lisa":
+        from types import SimpleNamespace
+
+        from zest_hf.train import LisaCallback
+
+        # the step of one draw, its optimizer state only: a lower bound of LISA's memory, whose optimizer keeps the
+        # state of every block drawn so far
+        LisaCallback(model, n_layers=method.lisa[0], interval=method.lisa[1], seed=0).on_train_begin(
+            None, SimpleNamespace(global_step=0), None)
     model.train()
     opt = torch.optim.AdamW(optimizer_groups(model, head, 1e-4, 1e-3), weight_decay=0.0)
 
@@ -515,6 +612,81 @@ def cost_phase(models, methods, out_dir: Path, repeats: int) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- report
+def final_runs(runs):
+    """Each (model, task, method)'s runs at its chosen rate (best validation accuracy on the first seed), on the
+    current design's budget only (runs.jsonl keeps older designs' lines; they are not mixed in)."""
+    import pandas as pd
+
+    if runs.empty:
+        return runs
+    runs = runs[[r["budget"] == key_budget(r["model"]) for _, r in runs.iterrows()]]
+    best = (runs[runs["seed"] == SEEDS[0]].sort_values(["val_acc", "lr"], ascending=[False, True])
+            .groupby(["model", "task", "method"]).head(1)[["model", "task", "method", "lr"]])
+    return pd.DataFrame(runs.merge(best, on=["model", "task", "method", "lr"]))
+
+
+def accuracy_table(g, names: list[str]):
+    """Test accuracy of ``names`` on one model's tasks: mean ± std over seeds per task, the mean over the tasks
+    every listed method has finished with >= MIN_SEEDS seeds (so that every method's mean runs over the same tasks),
+    the seed count and the trainable share. Returns ``(table, complete tasks, method x task means)``."""
+    g = g[g["method"].isin(names)]
+    agg = g.groupby(["method", "task"])["test_acc"].agg(["mean", "std", "count"])
+    cell = (agg["mean"] * 100).round(1).astype(str) + " ± " + (agg["std"].fillna(0) * 100).round(1).astype(str)
+    t = cell.unstack("task").fillna("")  # a run not there yet: blank
+    order = [n for n in names if n in agg.index.get_level_values("method")]
+    done = agg["count"].unstack("task").reindex(order)
+    complete = [c for c in done.columns if (done[c] >= MIN_SEEDS).all()]
+    task_mean = agg["mean"].unstack("task")
+    t.columns = [c.replace("bigbench:", "") for c in t.columns]
+    t["mean"] = (task_mean[complete].mean(axis=1) * 100).round(1)
+    t["seeds"] = agg["count"].groupby("method").min()
+    tr = g.groupby("method")[["trainable_wo_head", "total_params"]].first()
+    t["trainable (w/o head)"] = (tr["trainable_wo_head"] / tr["total_params"] * 100).round(3).astype(str) + "%"
+    if "selected_params" in g:
+        share = (g["selected_params"] / g["projection_params"]).groupby(g["method"]).mean()
+        t["of projections"] = (share * 100).round(1).astype(str).replace("nan", "") + "%"
+        t.loc[t["of projections"] == "%", "of projections"] = ""
+    return t.reindex(order), complete, task_mean
+
+
+def comparisons() -> list[tuple[str, str]]:
+    """The paired comparisons ``(a, b)`` the report makes (a - b), the headline ones first."""
+    pairs = []
+    for b in SWEEP:
+        z = f"ZEST {pct(b)}"
+        pairs += [(z, f"Spectrum {pct(b)}"), (z, f"Random {pct(b)} matched"), (z, "full FT"),
+                  (f"ZEST {pct(b)} cost 0.5", z)]
+    z = f"ZEST {pct(0.10)}"
+    pairs += [(z, "LoRA all"), (z, "LoRA r16 all"), (z, "LISA"), (z, "head only"),
+              ("ZEST@5", "Random@5"), ("ZEST@5", "full FT")]
+    return pairs
+
+
+def paired_rows(final) -> list[dict]:
+    """Every comparison with data, per model and pooled over models: the mean paired difference in test accuracy
+    points over (task, seed) cells both methods have, with its 95 % bootstrap interval over the cells."""
+    from zest_hf.research.stats import paired_bootstrap, verdict
+
+    if final.empty:
+        return []
+    cells = final.pivot_table(index=["model", "task", "seed"], columns="method", values="test_acc")
+    rows = []
+    for a, b in comparisons():
+        if a not in cells or b not in cells:
+            continue
+        both = cells[[a, b]].dropna()
+        scopes = [(m, both.xs(m, level="model", drop_level=False)) for m in both.index.unique("model")]
+        if len(scopes) > 1:
+            scopes.append(("all models", both))
+        for scope, c in scopes:
+            if c.empty:
+                continue
+            d = paired_bootstrap((c[a] - c[b]).to_numpy() * 100, seed=0)
+            rows.append({"model": scope, "a": a, "b": b, "cells": d.n, "tasks": c.index.unique("task").size,
+                         "mean": d.mean, "low": d.low, "high": d.high, "verdict": verdict(d)})
+    return rows
+
+
 def report(out_dir: Path) -> str:
     import pandas as pd
 
@@ -522,40 +694,44 @@ def report(out_dir: Path) -> str:
     cost = pd.DataFrame(read_jsonl(out_dir / "cost.jsonl"))
     lines = ["# End to end: ZEST against every baseline", "",
              "Reproduce: `python benchmarks/end_to_end.py` (phases accuracy, cost, report; resumable). Seeds "
-             f"{list(SEEDS)}; learning rates chosen on validation with seed 0; the task head's rate tuned on head "
-             "only. ZEST's predictor and the best single metric are leave-one-task-out.", ""]
-    table3 = pd.DataFrame()
+             f"{list(SEEDS)}; learning rates chosen on validation with seed {SEEDS[0]}; the task head's rate tuned on "
+             "head only. ZEST's predictor and the best single metric are leave-one-task-out.", ""]
+    table3, anchors = pd.DataFrame(), pd.DataFrame()
     task_means = []  # (model, task, method, mean test accuracy %) over the tasks every method has finished
-    if not runs.empty:
-        best = (runs[runs["seed"] == SEEDS[0]].sort_values(["val_acc", "lr"], ascending=[False, True])
-                .groupby(["model", "task", "method"]).head(1)[["model", "task", "method", "lr"]])
-        final = runs.merge(best, on=["model", "task", "method", "lr"])
+    final = final_runs(runs)
+    paired = paired_rows(final)
+    anchor_names = ["head only", "full FT", "LoRA all"] + [m.name for m in METHODS if m.name not in TABLE3]
+    if not final.empty:
         for model_name, g in final.groupby("model"):
-            agg = g.groupby(["method", "task"])["test_acc"].agg(["mean", "std", "count"])
-            cell = (agg["mean"] * 100).round(1).astype(str) + " ± " + (agg["std"].fillna(0) * 100).round(1).astype(str)
-            t = cell.unstack("task").fillna("")  # a run not there yet: blank
-            t.columns = [c.replace("bigbench:", "") for c in t.columns]
-            # The mean runs over the tasks every method has finished with every seed, so that a task still being
-            # collected neither enters some methods' means and not others' nor counts one seed as three.
-            names = [m.name for m in METHODS if m.name in agg.index.get_level_values("method")]
-            done = agg["count"].unstack("task").reindex(names)
-            complete_tasks = [c for c in done.columns if (done[c] >= len(SEEDS)).all()]
-            task_mean = agg["mean"].unstack("task")  # method x task, over seeds
-            t["mean"] = (task_mean[complete_tasks].mean(axis=1) * 100).round(1)
-            t["seeds"] = agg["count"].groupby("method").min()
-            tr = g.groupby("method")[["trainable_wo_head", "total_params"]].first()
-            t["trainable (w/o head)"] = (tr["trainable_wo_head"] / tr["total_params"] * 100).round(3).astype(str) + "%"
-            t = t.reindex([m.name for m in METHODS if m.name in t.index])
-            pending = sorted(set(g["task"]) - set(complete_tasks))
-            lines += [f"## Table 3 ({model_name}): test accuracy %, mean ± std over seeds", "", t.to_markdown(), "",
-                      "`mean`: over " + (", ".join(c.replace("bigbench:", "") for c in complete_tasks) or "no task yet")
-                      + (f" (still being collected, left out of it: {', '.join(pending)})" if pending else ""), ""]
-            t["model"] = model_name
-            table3 = pd.concat([table3, t])
-            for task in complete_tasks:
-                for method, v in task_mean[task].items():
-                    task_means.append({"model": model_name, "task": task, "method": method, "acc": v * 100})
+            for title, names in (("Table 3", TABLE3), ("Table 5, the anchors and the budget sweep", anchor_names)):
+                t, complete, task_mean = accuracy_table(g, names)
+                if t.empty or (title != "Table 3" and t.index.isin(TABLE3).all()):
+                    continue
+                pending = sorted(set(g[g["method"].isin(names)]["task"]) - set(complete))
+                lines += [f"## {title} ({model_name}): test accuracy %, mean ± std over seeds", "", t.to_markdown(),
+                          "", "`mean`: over " + (", ".join(c.replace("bigbench:", "") for c in complete) or "no task yet")
+                          + (f" (fewer than {MIN_SEEDS} seeds for some method, left out of it: "
+                             f"{', '.join(pending)})" if pending else ""), ""]
+                t["model"] = model_name
+                if title == "Table 3":
+                    table3 = pd.concat([table3, t])
+                    for task in complete:
+                        for method, v in task_mean[task].items():
+                            task_means.append({"model": model_name, "task": task, "method": method, "acc": v * 100})
+                else:
+                    anchors = pd.concat([anchors, t])
         _curves(final, out_dir / "curves.png")
+    if paired:
+        p = pd.DataFrame(paired)
+        p["95% CI"] = p.apply(lambda r: f"[{r['low']:+.1f}, {r['high']:+.1f}]", axis=1)
+        p["mean"] = p["mean"].map(lambda v: f"{v:+.1f}")
+        lines += ["## Paired differences: test accuracy points, a - b", "",
+                  "Each cell is one task and seed, both methods trained on the same data in the same order with the "
+                  "same head initialisation; the interval is a 95 % percentile bootstrap over the cells (10,000 "
+                  "resamples, seed 0). win / loss: the interval lies above / below 0; tie: it holds 0. "
+                  "`forest.png` draws them.", "",
+                  p[["model", "a", "b", "tasks", "cells", "mean", "95% CI", "verdict"]].to_markdown(index=False), ""]
+        _forest(pd.DataFrame(paired), out_dir / "forest.png")
     if not cost.empty:
         for model_name, g in cost.groupby("model"):
             full = g[g["method"] == "full FT"]
@@ -572,17 +748,44 @@ def report(out_dir: Path) -> str:
                       t.round(3).to_markdown(), ""]
         if not table3.empty:
             _acc_vs_memory(table3, cost, out_dir / "accuracy_vs_memory.png")
-    lines += _targets(pd.DataFrame(task_means), cost)
+        if not anchors.empty:
+            _pareto(anchors, cost, out_dir / "pareto.png")
+            lines += ["`pareto.png`: Table 5's mean accuracy against each method's step time and peak memory "
+                      "(Table 4), the budget sweep of each selection joined by a line.", ""]
+    lines += _targets(pd.DataFrame(task_means), cost, paired)
     text = "\n".join(lines) + "\n"
     (out_dir / "end_to_end.md").write_text(text)
     return text
 
 
-def _targets(task_means, cost) -> list:
+def _targets(task_means, cost, paired=()) -> list:
     """The targets, checked against what was measured: ZEST@5's mean test accuracy against full fine-tuning
     - 1 point and Random@5 + 2 points (per model and over every finished task of every model), and its step time and
-    peak memory against 0.5x and 0.4x of full fine-tuning's. The cost-aware variant is checked beside it."""
+    peak memory against 0.5x and 0.4x of full fine-tuning's. The cost-aware variant is checked beside it.
+    Against the anchors, at every budget of at most 10 %: ZEST's paired difference to full fine-tuning >= -1 point,
+    to Spectrum and to parameter-matched Random with the interval above 0; on SmolLM2 its step peak memory at or
+    below LoRA on every projection's, beside their paired accuracy difference."""
     rows = []
+    by = {(r["model"], r["a"], r["b"]): r for r in paired}
+    for model_name in sorted({r["model"] for r in paired} - {"all models"}):
+        for b in (b for b in SWEEP if b <= 0.10):
+            z = f"ZEST {pct(b)}"
+            for other, goal in (("full FT", "mean >= -1"), (f"Spectrum {pct(b)}", "interval > 0"),
+                                (f"Random {pct(b)} matched", "interval > 0")):
+                r = by.get((model_name, z, other))
+                if r is None:
+                    continue
+                met = r["mean"] >= -1 if other == "full FT" else r["low"] > 0
+                rows.append(f"| {z} - {other}, {model_name} ({r['tasks']} tasks x seeds = {r['cells']}), points | "
+                            f"{r['mean']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | {goal} | {'yes' if met else 'no'} |")
+            if model_name == "smollm2" and not cost.empty:
+                c = cost[cost["model"] == model_name].set_index("method")
+                if z in c.index and "LoRA all" in c.index:
+                    ratio = c.loc[z, "peak_rss_mb"] / c.loc["LoRA all", "peak_rss_mb"]
+                    r = by.get((model_name, z, "LoRA all"))
+                    acc = f", accuracy {r['mean']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] points" if r else ""
+                    rows.append(f"| {z} step peak memory vs LoRA all, {model_name} | {ratio:.2f}x{acc} | <= 1x | "
+                                f"{'yes' if ratio <= 1 else 'no'} |")
     zests = ("ZEST@5", "ZEST@5 cost 0.5")
     if not task_means.empty:
         scopes = [(m, task_means[task_means["model"] == m]) for m in sorted(task_means["model"].unique())]
@@ -610,6 +813,82 @@ def _targets(task_means, cost) -> list:
     return (["## Targets", "", "| what | measured | target | met |", "| --- | --- | ---: | --- |"] + rows
             + ["", "Accuracy means run over the tasks every method finished with every seed. The step-time and "
                "memory targets are set for SmolLM2-135M; MiniLM's rows are for comparison.", ""])
+
+
+def _forest(paired, path: Path) -> None:
+    """The paired differences with their intervals, one panel per model (and the pooled one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scopes = list(dict.fromkeys(paired["model"]))
+    n = max(len(paired[paired["model"] == m]) for m in scopes)
+    fig, axes = plt.subplots(1, len(scopes), figsize=(5.5 * len(scopes), 0.32 * n + 1.4), squeeze=False, sharey=False)
+    for ax, scope in zip(axes[0], scopes):
+        g = paired[paired["model"] == scope].reset_index(drop=True)
+        y = np.arange(len(g))[::-1]
+        colors = g["verdict"].map({"win": "C2", "loss": "C3", "tie": "C7"})
+        for yi, (_, r), color in zip(y, g.iterrows(), colors):
+            ax.errorbar(r["mean"], yi, xerr=[[r["mean"] - r["low"]], [r["high"] - r["mean"]]], fmt="o", color=color,
+                        elinewidth=1.5, capsize=3)
+        ax.axvline(0, color="k", linewidth=0.8)
+        ax.set_yticks(y, [f"{a} - {b} ({c})" for a, b, c in zip(g["a"], g["b"], g["cells"])], fontsize=7)
+        ax.set_xlabel("test accuracy difference, points (95% bootstrap CI)")
+        ax.set_title(scope)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _pareto(anchors, cost, path: Path) -> None:
+    """Accuracy against step time and against peak memory, each relative to full fine-tuning, one point per method
+    and budget; the budget sweep of each selection method joined by a line (the Pareto front a user reads)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted(anchors["model"].unique())
+    fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 8), squeeze=False)
+    families = {"ZEST": "C0", "Spectrum": "C1", "Random": "C3", "ZEST cost": "C9"}
+
+    def family(name: str):
+        """``(family, budget label)`` of a sweep method's name ("ZEST 3% cost 0.5" -> "ZEST cost", "3%"), else None."""
+        m = re.fullmatch(r"(ZEST|Spectrum|Random) ([0-9.]+%)( matched| cost 0\.5)?", name)
+        if m is None:
+            return None
+        return (m.group(1) + (" cost" if m.group(3) == " cost 0.5" else "")), m.group(2)
+
+    for col, model_name in enumerate(models):
+        t = anchors[anchors["model"] == model_name]
+        c = cost[cost["model"] == model_name].set_index("method")
+        if "full FT" not in c.index:
+            continue
+        for row, (what, label) in enumerate((("time_s", "step time"), ("peak_rss_mb", "peak memory"))):
+            ax = axes[row][col]
+            lines: dict = {}
+            for i, (method, r) in enumerate(t.iterrows()):
+                if method not in c.index or np.isnan(r["mean"]):
+                    continue
+                x = c.loc[method, what] / c.loc["full FT", what]
+                fam = family(method)
+                if fam:
+                    lines.setdefault(fam[0], []).append((x, r["mean"], fam[1]))
+                    continue
+                ax.scatter(x, r["mean"], marker="os^Dv<>P"[i % 8], color=f"C{(i + 4) % 10}", s=40, label=method)
+            for fam, pts in lines.items():
+                pts.sort()
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", color=families[fam], label=fam, ms=5)
+                for x, y, b in pts:
+                    ax.annotate(b, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.set_xlabel(f"{label} of a training step / full fine-tuning")
+            ax.set_ylabel("mean test accuracy % (Table 5's tasks)")
+            ax.set_title(f"{model_name}: accuracy vs {label}", fontsize=9)
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 def _curves(final, path: Path) -> None:

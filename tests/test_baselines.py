@@ -21,3 +21,27 @@ def test_random_matched_holds_the_budget_up_to_the_smallest_layer_left_and_varie
     assert random_matched(cands, budget, 0) == draws[0]
     with pytest.raises(ValueError, match="smaller than every candidate"):
         random_matched(cands, 1, 0)
+
+
+def test_paired_bootstrap_matches_scipys_percentile_interval_and_refuses_what_it_cannot_use():
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    from zest_hf.research.stats import paired_bootstrap, verdict
+
+    d = np.random.default_rng(3).normal(1.0, 2.0, size=40)
+    ours = paired_bootstrap(d, resamples=20_000, seed=1)
+    ref = bootstrap((d,), np.mean, method="percentile", n_resamples=20_000, random_state=7).confidence_interval
+    assert abs(ours.mean - d.mean()) < 1e-12 and ours.n == 40
+    # two independent Monte Carlo estimates of the same quantiles: agree to a small share of the interval's width
+    width = ref.high - ref.low
+    assert abs(ours.low - ref.low) < 0.05 * width and abs(ours.high - ref.high) < 0.05 * width
+    assert paired_bootstrap(d, seed=1) == paired_bootstrap(d, seed=1)  # reproducible from its recorded seed
+    const = paired_bootstrap([2.0] * 10)
+    assert const.low == const.high == 2.0 and verdict(const) == "win"
+    assert verdict(paired_bootstrap([-1.0, -2.0, -1.5])) == "loss" and verdict(paired_bootstrap([-1.0, 1.0])) == "tie"
+    for bad, msg in (([], "non-empty"), ([1.0, float("nan")], "NaN")):
+        with pytest.raises(ValueError, match=msg):
+            paired_bootstrap(bad)
+    with pytest.raises(ValueError, match="confidence"):
+        paired_bootstrap([1.0], confidence=1.0)

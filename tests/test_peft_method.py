@@ -127,15 +127,16 @@ def test_resolved_config_round_trips_through_json(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- selection
-def test_choose_top_k_and_budget_prefix():
+def test_choose_top_k_and_budget_fill():
     rows = [{"name": "a", "score": 3.0, "num_params": 40}, {"name": "b", "score": 2.0, "num_params": 50},
             {"name": "c", "score": 1.0, "num_params": 10}]
     assert choose(rows, top_k=2) == [("a", 3.0), ("b", 2.0)]
-    assert choose(rows, budget=0.5) == [("a", 3.0)]  # c would fit too, but never jumps ahead of b
+    assert choose(rows, budget=0.5) == [("a", 3.0), ("c", 1.0)]  # b overflows; c, further down, still fits
     assert choose(rows, budget=0.9) == [("a", 3.0), ("b", 2.0)]
     assert choose(rows, budget=1.0) == [("a", 3.0), ("b", 2.0), ("c", 1.0)]
-    with pytest.raises(SelectionError, match="raise the budget to at least 0.4"):
-        choose(rows, budget=0.1)
+    assert choose(rows, budget=0.3) == [("c", 1.0)]  # the best layers are too large: the one that fits
+    with pytest.raises(SelectionError, match=r"smallest layer \(c\).*raise the budget to at least 0.1"):
+        choose(rows, budget=0.05)
     with pytest.raises(SelectionError, match="only 3 candidate layers"):
         choose(rows, top_k=4)
 

@@ -60,8 +60,9 @@ class ZestConfig(JsonSerializable, PeftConfig):
         top_k (`int`, *optional*):
             Train the `top_k` best-ranked layers. Give either `top_k` or `budget` (or a ready `selected_modules`).
         budget (`float`, *optional*):
-            Train the longest run of best-ranked layers whose parameters (weight + bias) add up to at most this
-            fraction, in (0, 1], of all candidate layers' parameters. The head is not counted.
+            Train the best-ranked layers that fit in this fraction, in (0, 1], of all candidate layers' parameters
+            (weight + bias): down the ranking, each layer is taken if it still fits, so a smaller layer further down
+            fills what a large one left. The head is not counted.
         cost_weight (`float`, defaults to 0.0):
             Cost-aware selection: trade predicted importance against a training step's cost, which is set by the
             lowest selected layer (backward must reach it). For every possible lowest block, the best layers at or

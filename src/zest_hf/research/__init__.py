@@ -9,5 +9,6 @@ Not part of the plugin a user imports: ``import zest_hf`` never imports this pac
 * :mod:`.study` - Kendall tau of every single zero-shot metric against the ground truth (the paper's Table 1);
 * :mod:`.evaluation` - held-out evaluation of predictor variants (Table 2), the learning curve, the signal ablation;
 * :mod:`.baselines` - selections ZEST is judged against (random, matched on parameter count);
+* :mod:`.stats` - paired differences of two methods with a bootstrap interval over task x seed;
 * :mod:`.cost` - a model of one training step's FLOPs, time and memory per method, from the config.
 """

@@ -23,9 +23,10 @@ def choose(layers: Sequence[Mapping], *, top_k: int | None = None, budget: float
         layers: Every candidate, best first (``Ranking.layers``): mappings with ``name``, ``score`` and, for a
             budget, ``num_params``; for ``cost_weight``, ``block``.
         top_k: Take the ``top_k`` best layers.
-        budget: Take the longest run of best layers whose parameters add up to at most ``budget`` times those of
-            all candidates. The run stops at the first layer that does not fit (no smaller layer further down
-            jumps the queue), so a budget selection is always the top-k for some k.
+        budget: Take the best layers whose parameters add up to at most ``budget`` times those of all candidates:
+            down the ranking, a layer is taken when it still fits, so a small layer further down can fill what a
+            large one would overflow (as a user with a parameter budget expects; a strict prefix would leave most of
+            a small budget empty whenever the best layer is a large MLP matrix).
         cost_weight: Trade predicted importance against the cost of a training step (see :func:`cost_aware`).
             ``0`` (default) is plain top-k / budget.
 
@@ -51,22 +52,21 @@ def choose(layers: Sequence[Mapping], *, top_k: int | None = None, budget: float
 
 
 def _prefix(layers: Sequence[Mapping], top_k: int | None, budget: float | None, total: int) -> list[tuple[str, float]]:
-    """Plain selection from ``layers`` (best first): the first ``top_k``, or the budget's longest prefix."""
+    """Plain selection from ``layers`` (best first): the first ``top_k``, or the best layers that fit the budget."""
     if top_k is not None:
         return [(str(r["name"]), float(r["score"])) for r in layers[:top_k]]
     allowed = float(budget) * total
     chosen, used = [], 0
     for r in layers:
-        if used + int(r["num_params"]) > allowed:
-            break
-        chosen.append((str(r["name"]), float(r["score"])))
-        used += int(r["num_params"])
+        if used + int(r["num_params"]) <= allowed:
+            chosen.append((str(r["name"]), float(r["score"])))
+            used += int(r["num_params"])
     if not chosen:
-        first = layers[0]
+        smallest = min(layers, key=lambda r: int(r["num_params"]))
         raise SelectionError(
-            f"budget={budget} allows {int(allowed)} of the candidates' {total} parameters, but the best layer "
-            f"({first['name']}) alone has {first['num_params']}; raise the budget to at least "
-            f"{int(first['num_params']) / total:.4g} or use top_k."
+            f"budget={budget} allows {int(allowed)} of the candidates' {total} parameters, but the smallest layer "
+            f"({smallest['name']}) alone has {smallest['num_params']}; raise the budget to at least "
+            f"{int(smallest['num_params']) / total:.4g} or use top_k."
         )
     return chosen
 

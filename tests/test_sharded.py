@@ -98,3 +98,25 @@ def test_zero3_trains_a_resolved_selection_and_its_adapter_reloads_to_the_same_l
     with torch.no_grad():
         untrained = zero3_llama().eval()(input_ids=eval_batch()).logits
     assert not torch.allclose(untrained, trained, rtol=1e-4, atol=1e-5)  # training did change what it computes
+
+
+@pytest.mark.integration
+def test_fsdp1_pays_gradient_memory_for_frozen_block_mates_unless_wrapping_follows_the_selection(tmp_path):
+    """benchmarks/fsdp_memory.py on a small Llama: the byte counts it reports, per rank, from the tensors held."""
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fsdp_memory.py"), "--layers", "4", "--hidden",
+                           "64", "--seq", "8", "--out", str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads((tmp_path / "fsdp_memory.json").read_text())["rows"]
+    total = {v: {k: sum(r[k] for r in rows if r["variant"] == v) for k in ("grad_bytes", "opt_state_bytes")}
+             for v in {r["variant"] for r in rows}}
+    ref = total["unsharded"]
+    assert ref["grad_bytes"] == ref["opt_state_bytes"] == rows[0]["selection_bytes"]  # exactly the selection
+    # FSDP2 and selection-following FSDP1: the shards add up to the selection, nothing for frozen weights
+    assert total["fsdp2"] == ref and total["fsdp1_follows_selection"] == ref
+    # FSDP1 wrapped per block: the flat gradient of every block holding a selected projection, frozen parts too
+    assert total["fsdp1_per_block"]["grad_bytes"] > 2 * ref["grad_bytes"]
+    assert total["fsdp1_per_block"]["opt_state_bytes"] == ref["opt_state_bytes"]

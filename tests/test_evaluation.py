@@ -56,6 +56,15 @@ def test_evaluation_protocols_and_baselines(tmp_path):
     assert set(single["choice"]) <= {"+snip", "-plain"}  # chosen on training model-tasks, sign included
     for f in ("predictor_eval.md", "predictor_eval.csv", "predictor_eval.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0
+    # the top-5 type mix: the truth's is the types of the five best ground-truth layers of the held-out task
+    by_key = {(d.model, d.task): d for d in data}
+    for r in df.itertuples():
+        d = by_key[(r.model, r.task)]
+        best5 = np.argsort(-d.scores, kind="stable")[:5]
+        assert r.truth_top5_types == ",".join(d.layers[i]["type"] for i in best5)
+    assert df["decoder"].all()  # the synthetic layers include a gated MLP's gate
+    text = (tmp_path / "out" / "predictor_eval.md").read_text()
+    assert "The best learned variant by it: **linear/zscore**" in text and "Top-5 projection types" in text
     # one seed per model-task here: the table says there is no ceiling yet rather than inventing one
     assert "no model-task has two seeds of ground truth yet" in (tmp_path / "out" / "predictor_eval.md").read_text()
 

@@ -53,12 +53,25 @@ class Variant:
     prior: bool = True
     metrics: tuple = tuple(FEATURES)
     steps: int = 1500
+    #: Names the signals added to the default features (``"+spectral"`` in the label).
+    tag: str = ""
 
     @property
     def label(self) -> str:
         if not self.metrics:
             return "prior only"
-        return f"{self.arch}/{self.normalization}{'' if self.prior else '/no-prior'}"
+        return f"{self.arch}/{self.normalization}{'' if self.prior else '/no-prior'}{'+' + self.tag if self.tag else ''}"
+
+
+def is_decoder(task: ModelTask) -> bool:
+    """A Llama-style decoder's model-task: its projections include a gated MLP's ``gate``."""
+    return any(layer["type"] == "gate" for layer in task.layers)
+
+
+def top_types(scores, task: ModelTask, k: int = 5) -> str:
+    """The projection types of the ``k`` best layers by ``scores``, best first (``"up,up,gate,o,v"``)."""
+    order = np.argsort(-np.asarray(scores, float), kind="stable")[:k]
+    return ",".join(task.layers[i]["type"] for i in order)
 
 
 def load_model_tasks(data_dir: str | Path, min_layers: int = 10, separating_only: bool = True,
@@ -122,7 +135,8 @@ def _judge(v: Variant, train: list[ModelTask], test: ModelTask, seed: int) -> di
     pred = train_predictor(train, list(v.metrics), arch=v.arch, normalization=v.normalization, prior=v.prior,
                            steps=v.steps, seed=seed)
     s = pred.score(ProbeResult(layers=test.layers, values=test.values, metrics=[]))
-    return {"method": v.label, "tau": kendall(s, test.scores), "p@5": top_k_precision(s, test.scores)}
+    return {"method": v.label, "tau": kendall(s, test.scores), "p@5": top_k_precision(s, test.scores),
+            "top5_types": top_types(s, test)}
 
 
 def evaluate(train: list[ModelTask], test: ModelTask, variants: list[Variant], seed: int = 0) -> list[dict]:
@@ -131,11 +145,11 @@ def evaluate(train: list[ModelTask], test: ModelTask, variants: list[Variant], s
     col, sign = best_single_metric(train, FEATURES)
     s = sign * np.asarray(test.values[col], float)
     rows.append({"method": "best single metric", "choice": f"{'-' if sign < 0 else '+'}{col}",
-                 "tau": kendall(s, test.scores), "p@5": top_k_precision(s, test.scores)})
+                 "tau": kendall(s, test.scores), "p@5": top_k_precision(s, test.scores), "top5_types": top_types(s, test)})
     t, p = _random_expectation(test.scores)
     rows.append({"method": "random", "tau": t, "p@5": p})
     for r in rows:
-        r.update(model=test.model, task=test.task)
+        r.update(model=test.model, task=test.task, truth_top5_types=top_types(test.scores, test))
     return rows
 
 
@@ -145,10 +159,15 @@ def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Var
     from tqdm.auto import tqdm
 
     # linear/rank/no-prior: the one-batch metrics alone, so that what the data-free prior adds is measured too
-    variants = variants or [Variant("linear", "rank"), Variant("linear", "zscore"), Variant("mlp", "rank"),
-                            Variant("mlp", "zscore"), Variant("linear", "rank", prior=False)]
     gt = load_ground_truth(data_dir)
     data = load_model_tasks(data_dir, gt=gt)
+    if variants is None:
+        variants = [Variant("linear", "rank"), Variant("linear", "zscore"), Variant("mlp", "rank"),
+                    Variant("mlp", "zscore"), Variant("linear", "rank", prior=False)]
+        # the signals outside the default probe, where every probe has them (probes re-made with --reprobe)
+        for name, cols in list(SIGNALS.items()) + [("all new", tuple(c for v in SIGNALS.values() for c in v))]:
+            if all(c in d.values for d in data for c in cols):
+                variants.append(Variant("linear", "rank", metrics=tuple(FEATURES) + tuple(cols), tag=name))
     if len(data) < 2:
         raise ValueError(f"need at least two model-tasks with ground truth and probes in {data_dir}, found {len(data)}")
     jobs = []
@@ -167,6 +186,7 @@ def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Var
     for protocol, train, test in tqdm(jobs, desc="predictor eval", disable=not progress):
         for r in evaluate(train, test, variants, seed=seed):
             r["protocol"] = protocol
+            r["decoder"] = is_decoder(test)
             r["train"] = ";".join(d.key for d in train)  # so that anyone can check what a row was trained on
             rows.append(r)
     df = pd.DataFrame(rows)
@@ -188,9 +208,33 @@ def _write_eval(df: pd.DataFrame, data_dir: str | Path, out_dir: Path, seed: int
         f"Seed {seed}. Reproduce: `zest evaluate-predictor --data {data_dir}`.", "",
         "## Mean over held-out model-tasks", "", summary.to_markdown(), "",
         "## Noise ceiling: Kendall tau between two seeds of the ground truth", "", ceiling, "",
-        "## Tau per held-out model-task", "", per_task.to_markdown(), ""])
+        "## Tau per held-out model-task", "", per_task.to_markdown(), ""] + _decoder_sections(df))
     (out_dir / "predictor_eval.md").write_text(text)
     _plot(df, out_dir / "predictor_eval.png")
+
+
+def _decoder_sections(df: pd.DataFrame) -> list[str]:
+    """The variants judged on held-out decoder tasks alone (what a decoder-chosen predictor is chosen by), and the
+    projection-type mix of the top 5 against the ground truth's."""
+    dec = df[df["decoder"]] if "decoder" in df else df.iloc[0:0]
+    if dec.empty:
+        return []
+    protocols = ["leave-one-task-out", "leave-one-task-out, all models"]
+    table = (dec[dec["protocol"].isin(protocols)].pivot_table(index="method", columns="protocol", values="tau")
+             .reindex(columns=protocols))
+    table["mean"] = table.mean(axis=1)
+    table = table.sort_values("mean", ascending=False).round(3)
+    best = next((m for m in table.index if m not in ("random", "prior only", "best single metric")), None)
+    mix = dec[(dec["protocol"] == "leave-one-task-out, all models") & dec["method"].isin([best, "prior only"])]
+    mix = mix.pivot_table(index=["model", "task", "truth_top5_types"], columns="method", values="top5_types",
+                          aggfunc="first").reset_index()
+    n = dec[["model", "task"]].drop_duplicates().shape[0]
+    return ["## Chosen on decoders: mean tau over the held-out decoder model-tasks", "",
+            f"{n} decoder model-tasks; `mean` over the two protocols that hold a task out (within the model, and "
+            "from every model's data). The best learned variant by it: "
+            f"**{best}**.", "", table.to_markdown(), "",
+            "## Top-5 projection types on held-out decoder tasks (leave-one-task-out, all models)", "",
+            mix.to_markdown(index=False), ""]
 
 
 def run_learning_curve(data_dir: str | Path, out_dir: str | Path, variant: Variant | None = None, draws: int = 3,

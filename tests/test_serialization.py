@@ -179,3 +179,21 @@ def test_a_safetensors_writer_that_dies_half_way_leaves_the_old_file(kind, tmp_p
     read(path)  # still whole
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["sparse_delta.safetensors", "sparse_zo_config.json"] if kind == "sparse delta" else ["mask.safetensors"])
+
+
+@pytest.mark.parametrize("kind", ["sparse delta", "sensitive mask"])
+def test_a_torn_sparse_zo_file_is_refused_naming_the_file(kind, tmp_path):
+    from zest_hf.sparse_zo import SparseZOConfig, read_sparse_delta, save_sparse_delta
+    from zest_hf.sparse_zo.mask import SensitiveMask
+
+    model, mask = _sparse_model()
+    if kind == "sparse delta":
+        save_sparse_delta(model, tmp_path, SparseZOConfig(quantize=None))
+        path, read = tmp_path / "sparse_delta.safetensors", read_sparse_delta
+    else:
+        path, read = tmp_path / "mask.safetensors", SensitiveMask.load
+        mask.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated by something outside zest_hf (a copy cut short)
+    with pytest.raises(ValueError, match=f"{path.name} is not a readable safetensors file.*is not a zest_hf {kind}"):
+        read(path)

@@ -71,6 +71,19 @@ def read_json(path_or_text: str | os.PathLike, what: str) -> tuple[dict, str]:
     return data, source
 
 
+def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict, dict]:
+    """``(metadata, tensors)`` of a safetensors file; a ``ValueError`` naming the file and what it should have been
+    for a truncated or foreign one (safetensors raises its own, bare error types). Nothing is unpickled."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}): it is truncated or "
+                         f"is not a {what}; write it again") from None
+
+
 def check_keys(data: Mapping, known: Iterable[str], what: str, source: str) -> None:
     """Refuse keys a class does not know, naming them."""
     unknown = sorted(set(data) - set(known))

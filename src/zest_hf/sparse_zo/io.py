@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..serialization import atomic_target
+from ..serialization import atomic_target, read_safetensors
 
 __all__ = ["DELTA_FILE", "CONFIG_FILE", "save_sparse_delta", "read_sparse_delta", "apply_sparse_delta",
            "load_sparse_zo", "SAVED"]
@@ -51,20 +51,13 @@ def save_sparse_delta(model: nn.Module, directory: str | Path, config=None) -> P
 def read_sparse_delta(path: str | Path) -> tuple[dict, dict, dict, dict]:
     """``(indices, values, shapes, metadata)`` from a directory or a ``sparse_delta.safetensors`` file. A malformed
     file gives a clear error; nothing is unpickled."""
-    from safetensors import safe_open
-
     path = Path(path)
     if path.is_dir():
         path = path / DELTA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no sparse delta at {path}; save one with ZOTrainer.save_model(dir)")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            keys = list(f.keys())
-            tensors = {k: f.get_tensor(k) for k in keys}
-    except Exception as e:  # safetensors raises its own errors for a truncated or foreign file
-        raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
+    meta, tensors = read_safetensors(path, "zest_hf sparse delta")
+    keys = list(tensors)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a zest_hf sparse delta (metadata format {meta.get('format')!r})")
     names = sorted({k.rsplit(".", 1)[0] for k in keys})

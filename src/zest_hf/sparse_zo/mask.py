@@ -57,15 +57,17 @@ class SensitiveMask:
     def load(cls, path: str | Path) -> "SensitiveMask":
         import json
 
-        from safetensors import safe_open
+        from ..serialization import read_safetensors
 
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "zest_hf.SensitiveMask/1":
-                raise ValueError(f"{path} is not a zest_hf sensitive mask (no 'zest_hf.SensitiveMask/1' metadata)")
-            names = sorted({k.rsplit(".", 1)[0] for k in f.keys()})
-            indices = {n: f.get_tensor(f"{n}.indices") for n in names}
-            shapes = {n: tuple(int(v) for v in f.get_tensor(f"{n}.shape").tolist()) for n in names}
+        meta, tensors = read_safetensors(path, "zest_hf sensitive mask")
+        if meta.get("format") != "zest_hf.SensitiveMask/1":
+            raise ValueError(f"{path} is not a zest_hf sensitive mask (no 'zest_hf.SensitiveMask/1' metadata)")
+        names = sorted({k.rsplit(".", 1)[0] for k in tensors})
+        try:
+            indices = {n: tensors[f"{n}.indices"] for n in names}
+            shapes = {n: tuple(int(v) for v in tensors[f"{n}.shape"].tolist()) for n in names}
+        except KeyError as e:
+            raise ValueError(f"{path} lacks tensor {e}; every layer needs .indices and .shape") from None
         return cls(indices=indices, shapes=shapes, percent=float(meta["percent"]), info=json.loads(meta["info"]))
 
 

@@ -219,19 +219,22 @@ def _decoder_sections(df: pd.DataFrame) -> list[str]:
     dec = df[df["decoder"]] if "decoder" in df else df.iloc[0:0]
     if dec.empty:
         return []
-    protocols = ["leave-one-task-out", "leave-one-task-out, all models"]
+    # all three: a decoder a user brings is often one no ground truth was collected on (leave-one-model-out)
+    protocols = ["leave-one-task-out", "leave-one-task-out, all models", "leave-one-model-out"]
     table = (dec[dec["protocol"].isin(protocols)].pivot_table(index="method", columns="protocol", values="tau")
              .reindex(columns=protocols))
     table["mean"] = table.mean(axis=1)
     table = table.sort_values("mean", ascending=False).round(3)
     best = next((m for m in table.index if m not in ("random", "prior only", "best single metric")), None)
-    mix = dec[(dec["protocol"] == "leave-one-task-out, all models") & dec["method"].isin([best, "prior only"])]
+    # the best, the bundled predictor's variant (linear/rank) and the data-free prior
+    mix = dec[(dec["protocol"] == "leave-one-task-out, all models")
+              & dec["method"].isin([best, "linear/rank", "prior only"])]
     mix = mix.pivot_table(index=["model", "task", "truth_top5_types"], columns="method", values="top5_types",
                           aggfunc="first").reset_index()
     n = dec[["model", "task"]].drop_duplicates().shape[0]
     return ["## Chosen on decoders: mean tau over the held-out decoder model-tasks", "",
-            f"{n} decoder model-tasks; `mean` over the two protocols that hold a task out (within the model, and "
-            "from every model's data). The best learned variant by it: "
+            f"{n} decoder model-tasks; `mean` over the three protocols (the task held out within its model and "
+            "from every model's data; the whole model held out). The best learned variant by it: "
             f"**{best}**.", "", table.to_markdown(), "",
             "## Top-5 projection types on held-out decoder tasks (leave-one-task-out, all models)", "",
             mix.to_markdown(index=False), ""]

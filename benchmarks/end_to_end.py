@@ -27,7 +27,15 @@ Three phases, each resumable (every finished run is one JSON line in ``--out-dir
 Methods: head only; full fine-tuning; ZEST@3/5/10 (full mode: the selected weights train in place); Random@5 (draw
 = seed); best single zero-shot metric@5; ground-truth contribution@5 (the oracle: the top-5 of the collected ground
 truth; for SmolLM2 among its collected 42-layer subset); LoRA r=8 on every projection; LoRA r=8 on ZEST@5 only; and
-ZEST@5 with cost-aware selection (``ZestConfig(cost_weight=...)``).
+ZEST@5 with cost-aware selection (``ZestConfig(cost_weight=...)``). Those are Table 3, reported on seeds 0-2.
+
+The anchors, what users pick instead (Table 5, 5 seeds): at each budget of the sweep (1.5, 3, 10 and 30 % of the
+projection parameters) ZEST, Spectrum (``predictor="spectrum"``), Random matched on ZEST's parameter count (a
+fresh draw per seed) and cost-aware ZEST; LoRA r=16 on every projection; LISA. The report pairs them by task and
+seed (``zest_hf.research.stats.paired_bootstrap``: mean difference with a 95 % bootstrap interval over the cells),
+draws ``forest.png`` (the differences) and ``pareto.png`` (accuracy against step time and peak memory), and checks
+the anchors' targets. Run the cells that decide the headline first, e.g.
+``--models minilm --methods "head only,ZEST 10%,Spectrum 10%,Random 10% matched,full FT"``.
 
     python benchmarks/end_to_end.py                                  # everything, both models (hours on a CPU)
     python benchmarks/end_to_end.py --models minilm --phase accuracy # one phase, one model

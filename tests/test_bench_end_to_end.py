@@ -180,3 +180,28 @@ def test_random_matched_holds_what_zest_selected_on_the_same_task_and_seed(tmp_p
     lines.append({**lines[1], "task": "other", "selected_params": 7})
     runs.write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert mod.matched_params(runs, "toy", "t", m, 1) == 101 and mod.matched_params(runs, "toy", "t", m, 0) == 100
+
+
+def test_report_draws_the_forest_and_pareto_plots_and_checks_zests_memory_against_lora(tmp_path):
+    mod = _bench()
+    tasks = {"a": 0.7, "b": 0.5}
+    accs = {m: (lambda base: (lambda t, s: tasks[t] + base + 0.01 * s))(base)
+            for m, base in (("head only", -0.2), ("full FT", 0.05), ("LoRA all", 0.04), ("ZEST 10%", 0.03),
+                            ("Spectrum 10%", 0.0), ("Random 10% matched", 0.01), ("ZEST 3%", 0.02))}
+    rows = _cell_rows(mod, accs, tasks)
+    for r in rows:
+        r["model"], r["budget"] = "smollm2", mod.key_budget("smollm2")
+        r["selected_params"], r["projection_params"] = (10, 100) if "%" in r["method"] else (None, 100)
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cost = [{"model": "smollm2", "method": m, "time_s": t, "peak_rss_mb": p, "trainable": 1, "batch": [8, 64],
+             "threads": 1, "times_s": [t]}
+            for m, t, p in (("full FT", 10.0, 1000.0), ("LoRA all", 7.0, 700.0), ("ZEST 10%", 4.0, 500.0),
+                            ("Spectrum 10%", 4.0, 480.0), ("Random 10% matched", 3.5, 470.0), ("ZEST 3%", 3.0, 400.0),
+                            ("head only", 2.0, 300.0))]
+    (tmp_path / "cost.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cost))
+    text = mod.report(tmp_path)
+    for f in ("forest.png", "pareto.png"):
+        assert (tmp_path / f).stat().st_size > 10_000  # a drawn figure, not an empty canvas
+    assert "| ZEST 10% step peak memory vs LoRA all, smollm2 | 0.71x, accuracy -1.0 [-1.0, -1.0] points | <= 1x | yes |" \
+        in text
+    assert "| 10.0% " in text.split("## Table 5")[1]  # the selections' share of the projections

@@ -439,8 +439,8 @@ def _data(model_name: str, task, tok, budget: dict, kind: str = "seq_cls"):
 
 def matched_params(runs_path: Path, model_name: str, task: str, method: Method, seed: int) -> int:
     """The parameter count a ``random_matched`` run must hold: what ZEST at the same budget selected on the same
-    task and seed (ZEST's budget takes the longest prefix of its ranking that fits, so it holds less than the
-    budget; the random draw holds the same, not the budget)."""
+    task and seed (ZEST's budget takes the best layers that fit, which usually leaves part of the budget unused;
+    the random draw is matched to what ZEST holds, not to the budget)."""
     zest = f"ZEST {pct(method.budget)}"
     for r in read_jsonl(runs_path):
         if (r["model"], r["task"], r["method"], r["seed"]) == (model_name, task, zest, seed) \

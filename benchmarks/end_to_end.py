@@ -720,8 +720,9 @@ def report(out_dir: Path) -> str:
                 if t.empty or (title != "Table 3" and t.index.isin(TABLE3).all()):
                     continue
                 pending = sorted(set(rows[rows["method"].isin(names)]["task"]) - set(complete))
+                over = ", ".join(c.replace("bigbench:", "") for c in complete) or "no task yet"
                 lines += [f"## {title} ({model_name}): test accuracy %, mean ± std over seeds", "", t.to_markdown(),
-                          "", "`mean`: over " + (", ".join(c.replace("bigbench:", "") for c in complete) or "no task yet")
+                          "", "`mean`: over " + over
                           + (f" (fewer than {MIN_SEEDS} seeds for some method, left out of it: "
                              f"{', '.join(pending)})" if pending else ""), ""]
                 t["model"] = model_name
@@ -789,7 +790,8 @@ def _targets(task_means, cost, paired=()) -> list:
                     continue
                 met = r["mean"] >= -1 if other == "full FT" else r["low"] > 0
                 rows.append(f"| {z} - {other}, {model_name} ({r['tasks']} tasks x seeds = {r['cells']}), points | "
-                            f"{r['mean']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | {goal} | {'yes' if met else 'no'} |")
+                            f"{r['mean']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | {goal} | "
+                            f"{'yes' if met else 'no'} |")
             if model_name == "smollm2" and not cost.empty:
                 c = cost[cost["model"] == model_name].set_index("method")
                 if z in c.index and "LoRA all" in c.index:

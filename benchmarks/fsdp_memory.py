@@ -77,8 +77,9 @@ def worker(args) -> dict:
         fully_shard(model)
     elif variant.startswith("fsdp1"):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        from torch.distributed.fsdp.wrap import ModuleWrapPolicy, lambda_auto_wrap_policy
         import functools
+
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy, lambda_auto_wrap_policy
 
         block_type = type(blocks[0])  # taken now: wrapping replaces the list's entries with FSDP units
         if variant == "fsdp1_per_block":
@@ -88,7 +89,9 @@ def worker(args) -> dict:
             assert len(chosen) == len(selected), "every selected projection is wrapped"
             policy = functools.partial(lambda_auto_wrap_policy,
                                        lambda_fn=lambda m: id(m) in chosen or isinstance(m, block_type))
-        model = FSDP(model, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu") if not torch.cuda.is_available() else None)
+        # FSDP1 needs a device: on a machine without an accelerator, the CPU (gloo)
+        device = None if torch.cuda.is_available() else torch.device("cpu")
+        model = FSDP(model, auto_wrap_policy=policy, use_orig_params=True, device_id=device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=0.1, momentum=0.9)
     g = torch.Generator().manual_seed(1)
@@ -101,8 +104,6 @@ def worker(args) -> dict:
         if step == STEPS - 1:
             if variant.startswith("fsdp1"):
                 # the flat parameters FSDP1 allocates gradients for (the originals' .grad are views into them)
-                from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
                 grad_bytes = sum(local_bytes(m._handle.flat_param.grad) for m in FSDP.fsdp_modules(model)
                                  if m._handle is not None and m._handle.flat_param.grad is not None)
             else:
@@ -111,9 +112,8 @@ def worker(args) -> dict:
         opt.zero_grad(set_to_none=False)  # keep the buffers: FSDP1 reuses them; counted above before this
     opt_bytes = sum(local_bytes(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v)
                     and v.dim() > 0)
-    param_bytes = sum(local_bytes(p) for p in model.parameters())
     res = {"variant": variant, "rank": rank, "world": world, "grad_bytes": grad_bytes, "opt_state_bytes": opt_bytes,
-           "param_bytes_local": param_bytes, "selection_bytes": selection_bytes}
+           "selection_bytes": selection_bytes}
     if sharded:
         dist.destroy_process_group()
     return res

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..selection.rules import fill
+
 __all__ = ["random_matched"]
 
 
@@ -25,10 +27,4 @@ def random_matched(candidates: Sequence[dict], num_params: int, seed: int) -> li
     if num_params < min(int(c["num_params"]) for c in candidates):
         raise ValueError(f"num_params={num_params} is smaller than every candidate; nothing can be chosen")
     order = np.random.default_rng(seed).permutation(len(candidates))
-    chosen, total = [], 0
-    for i in order:
-        size = int(candidates[i]["num_params"])
-        if total + size <= num_params:
-            chosen.append(candidates[i]["name"])
-            total += size
-    return chosen
+    return [c["name"] for c in fill([candidates[i] for i in order], num_params)]

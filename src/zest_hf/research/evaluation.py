@@ -36,7 +36,8 @@ from ..probe import ProbeResult
 from .records import HEAD_ONLY
 from .study import kendall, load_ground_truth, load_probe, noise_ceilings
 
-__all__ = ["load_model_tasks", "FEATURES", "SIGNALS", "Variant", "best_single_metric", "evaluate", "run_evaluation",
+__all__ = ["load_model_tasks", "FEATURES", "SIGNALS", "SIGNAL_COLUMNS",
+           "Variant", "best_single_metric", "evaluate", "run_evaluation",
            "run_learning_curve", "run_signal_ablation"]
 
 #: The probe columns a predictor reads by default: everything the default probe (all but grasp) produces.
@@ -44,6 +45,8 @@ FEATURES = default_columns()
 #: The signals outside the default probe, by name, and the columns each gives (what the ablation adds one by one).
 SIGNALS = {"spectral": ("spectral_snr", "log_cond", "alpha_hill"), "grad_snr": ("grad_snr",),
            "two_halves": ("gen_sign", "gen_sign_mean", "gen_agree")}
+#: Every column of those signals.
+SIGNAL_COLUMNS = tuple(c for cols in SIGNALS.values() for c in cols)
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,8 @@ class Variant:
     def label(self) -> str:
         if not self.metrics:
             return "prior only"
-        return f"{self.arch}/{self.normalization}{'' if self.prior else '/no-prior'}{'+' + self.tag if self.tag else ''}"
+        tag = f"+{self.tag}" if self.tag else ""
+        return f"{self.arch}/{self.normalization}{'' if self.prior else '/no-prior'}{tag}"
 
 
 def is_decoder(task: ModelTask) -> bool:
@@ -145,7 +149,8 @@ def evaluate(train: list[ModelTask], test: ModelTask, variants: list[Variant], s
     col, sign = best_single_metric(train, FEATURES)
     s = sign * np.asarray(test.values[col], float)
     rows.append({"method": "best single metric", "choice": f"{'-' if sign < 0 else '+'}{col}",
-                 "tau": kendall(s, test.scores), "p@5": top_k_precision(s, test.scores), "top5_types": top_types(s, test)})
+                 "tau": kendall(s, test.scores), "p@5": top_k_precision(s, test.scores),
+                 "top5_types": top_types(s, test)})
     t, p = _random_expectation(test.scores)
     rows.append({"method": "random", "tau": t, "p@5": p})
     for r in rows:
@@ -165,7 +170,7 @@ def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Var
         variants = [Variant("linear", "rank"), Variant("linear", "zscore"), Variant("mlp", "rank"),
                     Variant("mlp", "zscore"), Variant("linear", "rank", prior=False)]
         # the signals outside the default probe, where every probe has them (probes re-made with --reprobe)
-        for name, cols in list(SIGNALS.items()) + [("all new", tuple(c for v in SIGNALS.values() for c in v))]:
+        for name, cols in list(SIGNALS.items()) + [("all new", SIGNAL_COLUMNS)]:
             if all(c in d.values for d in data for c in cols):
                 variants.append(Variant("linear", "rank", metrics=tuple(FEATURES) + tuple(cols), tag=name))
     if len(data) < 2:
@@ -290,7 +295,7 @@ def run_signal_ablation(data_dir: str | Path, out_dir: str | Path, seed: int = 0
     """
     from tqdm.auto import tqdm
 
-    new_cols = [c for cols in SIGNALS.values() for c in cols]
+    new_cols = list(SIGNAL_COLUMNS)
     data = [d for d in load_model_tasks(data_dir) if all(c in d.values for c in new_cols)]
     sets = {"prior only": ()}
     sets.update({f"prior + {name}": cols for name, cols in SIGNALS.items()})

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from ..errors import SelectionError
 from ..validation import check_cost_weight, check_size
 
-__all__ = ["choose", "cost_aware", "backward_cost"]
+__all__ = ["choose", "cost_aware", "backward_cost", "fill"]
 
 
 def choose(layers: Sequence[Mapping], *, top_k: int | None = None, budget: float | None = None,
@@ -56,11 +56,7 @@ def _prefix(layers: Sequence[Mapping], top_k: int | None, budget: float | None, 
     if top_k is not None:
         return [(str(r["name"]), float(r["score"])) for r in layers[:top_k]]
     allowed = float(budget) * total
-    chosen, used = [], 0
-    for r in layers:
-        if used + int(r["num_params"]) <= allowed:
-            chosen.append((str(r["name"]), float(r["score"])))
-            used += int(r["num_params"])
+    chosen = [(str(r["name"]), float(r["score"])) for r in fill(layers, allowed)]
     if not chosen:
         smallest = min(layers, key=lambda r: int(r["num_params"]))
         raise SelectionError(
@@ -68,6 +64,17 @@ def _prefix(layers: Sequence[Mapping], top_k: int | None, budget: float | None, 
             f"({smallest['name']}) alone has {smallest['num_params']}; raise the budget to at least "
             f"{int(smallest['num_params']) / total:.4g} or use top_k."
         )
+    return chosen
+
+
+def fill(layers: Sequence[Mapping], allowed: float) -> list[Mapping]:
+    """The rows of ``layers``, in their order, that fit in ``allowed`` parameters: each is taken when it still fits
+    beside those taken before it, so the total falls short of ``allowed`` by less than the smallest row left out."""
+    chosen, used = [], 0
+    for r in layers:
+        if used + int(r["num_params"]) <= allowed:
+            chosen.append(r)
+            used += int(r["num_params"])
     return chosen
 
 

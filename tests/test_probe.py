@@ -446,3 +446,33 @@ def test_a_4bit_model_probes_like_its_dequantised_twin_and_is_left_as_it_was():
     assert not any(m._forward_hooks for m in model.modules()) and "forward" not in vars(model.model.layers[0].mlp.up_proj)
     with pytest.raises(ValueError, match="grasp"):
         probe(model, batch, metrics="all")
+
+
+def test_moments_stay_exact_where_a_one_pass_formula_cancels():
+    from zest_hf.metrics import ActStats
+    from zest_hf.metrics.base import moments, std_mean
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200_000, generator=g) * 0.01 + 100.0  # mean 1e4 standard deviations from 0
+    want_var, want_mean = torch.var_mean(x.double(), correction=0)
+    mean, m2 = moments(x)
+    assert abs(mean.item() - want_mean.item()) < 1e-5
+    assert abs(m2.item() / x.numel() / want_var.item() - 1) < 1e-3  # E[x^2] - E[x]^2 in fp32 is off by ~100%
+    std, mean_f = std_mean(x[:7])
+    want_std, _ = torch.std_mean(x[:7].double())
+    assert abs(std / want_std.item() - 1) < 1e-3
+    s = ActStats()
+    for part in x.split(60_000):  # merged across calls as one
+        s.update(part)
+    assert abs(s.std() / x.double().std().item() - 1) < 1e-3
+    assert abs(s.abs_mean - x.double().abs().mean().item()) < 1e-5
+
+
+def test_all_finite_check_survives_an_overflowing_sum():
+    from zest_hf.probe.run import _all_finite
+
+    huge = torch.full((4,), 3e38)  # finite entries whose fp32 sum is inf
+    assert _all_finite(huge)
+    assert not _all_finite(torch.tensor([1.0, float("inf")]))
+    assert not _all_finite(torch.tensor([1.0, float("nan")]))
+    assert not _all_finite(torch.tensor([float("inf"), -float("inf")]))

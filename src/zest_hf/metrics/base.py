@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ActStats", "GradParts", "Metric", "register_metric", "METRICS", "SOURCES", "resolve_metrics", "default_columns"]
+__all__ = ["ActStats", "GradParts", "Metric", "register_metric", "METRICS", "SOURCES", "resolve_metrics",
+           "default_columns", "moments", "std_mean"]
 
 SOURCES = ("weight", "forward", "grad", "grad_parts", "fisher", "hessian", "synflow")
 
@@ -53,12 +54,12 @@ class ActStats:
         n_b = y.numel()
         if n_b == 0:
             return
-        # var_mean on the device in fp32, merged in float64 on the host: exact enough and one sync per call.
-        var_b, mean_b = torch.var_mean(y, correction=0)
-        a = y.abs()
-        avar_b, amean_b = torch.var_mean(a, correction=0)
-        self.mean, self.m2 = _merge(self.n, self.mean, self.m2, n_b, mean_b.item(), var_b.item() * n_b)
-        self.abs_mean, self.abs_m2 = _merge(self.n, self.abs_mean, self.abs_m2, n_b, amean_b.item(), avar_b.item() * n_b)
+        # moments on the device in fp32, merged in float64 on the host: exact enough and one sync per call
+        mean_b, m2_b = moments(y)
+        amean_b, am2_b = moments(y.abs())
+        mean_b, m2_b, amean_b, am2_b = torch.stack([mean_b, m2_b, amean_b, am2_b]).tolist()
+        self.mean, self.m2 = _merge(self.n, self.mean, self.m2, n_b, mean_b, m2_b)
+        self.abs_mean, self.abs_m2 = _merge(self.n, self.abs_mean, self.abs_m2, n_b, amean_b, am2_b)
         self.n += n_b
 
     def std(self) -> float:
@@ -101,13 +102,38 @@ class GradParts:
     @property
     def total(self) -> torch.Tensor:
         """``dL/dW`` of the whole batch."""
-        return torch.stack(self.parts).sum(0) if len(self.parts) > 1 else self.parts[0]
+        if len(self.parts) == 1:
+            return self.parts[0]
+        out = self.parts[0].clone()  # summed in place: stacking would hold every part twice
+        for part in self.parts[1:]:
+            out += part
+        return out
 
     @property
     def halves(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The gradient parts of the first and the second half of the batch (needs at least two micro-batches)."""
         h = (len(self.parts) + 1) // 2
         return sum(self.parts[:h]), sum(self.parts[h:])
+
+
+def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and sum of squared deviations of every entry of ``x`` (0-dim tensors, not synced), in two passes.
+
+    As exact as ``torch.var_mean`` (the deviations are taken from the mean, not from zero), and on a CPU ~7x faster:
+    there ``var_mean`` runs a scalar Welford update per element, which made it the probe's costliest operation
+    after the matrix products.
+    """
+    f = x.reshape(-1)
+    mean = f.sum() / max(f.numel(), 1)
+    return mean, (f - mean).square_().sum()
+
+
+def std_mean(x: torch.Tensor, correction: int = 1) -> tuple[float, float]:
+    """``torch.std_mean(x)`` over every entry, as Python floats (one sync), through :func:`moments`."""
+    mean, m2 = moments(x)
+    mean_v, m2_v = torch.stack([mean, m2]).tolist()
+    dof = x.numel() - correction
+    return (math.sqrt(max(m2_v, 0.0) / dof) if dof > 0 else float("nan")), mean_v
 
 
 def _merge(n_a: int, mean_a: float, m2_a: float, n_b: int, mean_b: float, m2_b: float) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 
 import torch
 
-from .base import register_metric
+from .base import register_metric, std_mean
 
 
 @register_metric(
@@ -14,6 +14,6 @@ from .base import register_metric
 )
 def gradient(_w, g: torch.Tensor) -> dict:
     c = 1 if g.numel() > 1 else 0
-    std, mean = torch.std_mean(g, correction=c)
-    astd, amean = torch.std_mean(g.abs(), correction=c)
-    return {"grad_mean": mean.item(), "grad_std": std.item(), "grad_abs_mean": amean.item(), "grad_abs_std": astd.item()}
+    std, mean = std_mean(g, correction=c)
+    astd, amean = std_mean(g.abs(), correction=c)
+    return {"grad_mean": mean, "grad_std": std, "grad_abs_mean": amean, "grad_abs_std": astd}

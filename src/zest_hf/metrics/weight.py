@@ -2,7 +2,7 @@
 
 import torch
 
-from .base import register_metric
+from .base import register_metric, std_mean, total
 
 
 @register_metric(
@@ -13,5 +13,5 @@ from .base import register_metric
     doc="mean, std (unbiased) and mean |.| of the weight's entries",
 )
 def weight(w: torch.Tensor, _=None) -> dict:
-    std, mean = torch.std_mean(w, correction=1 if w.numel() > 1 else 0)
-    return {"weight_mean": mean.item(), "weight_std": std.item(), "weight_abs_mean": w.abs().mean().item()}
+    std, mean = std_mean(w, correction=1 if w.numel() > 1 else 0)
+    return {"weight_mean": mean, "weight_std": std, "weight_abs_mean": total(w.abs()) / w.numel()}

@@ -184,10 +184,16 @@ def _check_not_sharded(model: nn.Module) -> None:
 
 
 def _check_weights_finite(tlist: Sequence[Target]) -> None:
-    bad = [t.name for t in tlist if not bool(torch.isfinite(dense_weight(t.module)).all())]
+    bad = [t.name for t in tlist if not _all_finite(dense_weight(t.module))]
     if bad:
         raise NonFiniteError(f"{len(bad)} candidate layer(s) hold NaN or inf weights: {bad[:5]}. The model was "
                              "damaged before the probe (a diverged run, an fp16 overflow, a bad checkpoint); reload it.")
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry is finite. A finite sum settles it in one reduction (an inf or NaN entry makes the sum
+    inf or NaN); only a non-finite sum, which a huge finite tensor can also give, needs the entry-by-entry check."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def _apply(chosen: Sequence[Metric], source: str, w: torch.Tensor, x, row: dict) -> None:
@@ -218,7 +224,9 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
     grad_metrics = [m for m in chosen if m.source == "grad"]
     part_metrics = [m for m in chosen if m.source == "grad_parts"]
     need_parts = bool(grad_metrics or part_metrics)
-    parts: list[GradParts | None] = [GradParts(GRAD_GROUPS) for _ in tlist]
+    # one part (one matrix product per call) unless a metric reads the micro-batch split
+    groups = GRAD_GROUPS if part_metrics else 1
+    parts: list[GradParts | None] = [GradParts(groups) for _ in tlist]
     calls = [[0, 0] for _ in tlist]  # outputs that require grad, and gradients received, per layer
     bad_grads: list[str] = []
     transposed = [_stores_transposed(t.module) for t in tlist]
@@ -231,7 +239,7 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
         if not part.parts:  # no gradient reached this layer: it does not affect the loss
             part.parts.append(torch.zeros(w.shape, dtype=torch.float32, device=w.device))
         g = part.total
-        if not bool(torch.isfinite(g).all()):
+        if not _all_finite(g):
             bad_grads.append(tlist[i].name)
             return
         _apply(grad_metrics, "grad", w, g, rows[i])
@@ -382,7 +390,12 @@ def _drop_after(fn, i):
 
 def _synflow_pass(model, tlist, data, chosen, rows, session: Session) -> None:
     """synflow's own pass: all parameters made non-negative in place, an all-ones input, R = sum of outputs."""
-    params = [p for p in model.parameters() if p.is_floating_point()]
+    emb = model.get_input_embeddings()
+    # The all-ones input bypasses the input embedding, so its table (often the largest weight) never enters R unless
+    # it is tied to the output layer: left as it is, its signs need no flipping and restoring.
+    out_emb = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+    unused = emb.weight if getattr(out_emb, "weight", None) is not emb.weight else None
+    params = [p for p in model.parameters() if p.is_floating_point() and p is not unused]
     signs = [torch.signbit(p.detach()) for p in params]  # one bit of information per weight, not a model copy
     # a 4-bit weight cannot be made positive in place: its layer runs on |dequantised weight| for this pass instead,
     # and its dR/dW is assembled from its input and output gradient
@@ -395,7 +408,6 @@ def _synflow_pass(model, tlist, data, chosen, rows, session: Session) -> None:
         for i, layer in quantized.items():
             layer.forward = _positive_dequantized_forward(layer, i, chosen, rows, session)
             patched.append(layer)
-        emb = model.get_input_embeddings()
         hidden = emb.weight.shape[-1]
         ids = data.get("input_ids")
         shape = (1, *ids.shape[1:]) if torch.is_tensor(ids) else (1, *data["inputs_embeds"].shape[1:-1])

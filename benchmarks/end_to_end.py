@@ -667,7 +667,8 @@ def comparisons() -> list[tuple[str, str]]:
                   (f"ZEST {pct(b)} cost 0.5", z)]
     z = f"ZEST {pct(0.10)}"
     pairs += [(z, "LoRA all"), (z, "LoRA r16 all"), (z, "LISA"), (z, "head only"),
-              ("ZEST@5", "Random@5"), ("ZEST@5", "full FT")]
+              ("ZEST@5", "Random@5"), ("ZEST@5", "full FT"), ("ZEST@5", "best metric@5"), ("ZEST@5", "LoRA all"),
+              ("ZEST@10", "Random@5"), ("ZEST@10", "full FT")]
     return pairs
 
 
@@ -792,6 +793,16 @@ def _targets(task_means, cost, paired=()) -> list:
                 rows.append(f"| {z} - {other}, {model_name} ({r['tasks']} tasks x seeds = {r['cells']}), points | "
                             f"{r['mean']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | {goal} | "
                             f"{'yes' if met else 'no'} |")
+            if model_name == "smollm2" and b == SWEEP[0]:
+                # the decoder check: ZEST@5 against a fresh random draw per seed and against full fine-tuning
+                checks = (("Random@5", "mean >= +2, interval > 0", lambda r: r["mean"] >= 2 and r["low"] > 0),
+                          ("full FT", "mean >= -2", lambda r: r["mean"] >= -2))
+                for other, goal, ok in checks:
+                    r = by.get((model_name, "ZEST@5", other))
+                    if r is not None:
+                        rows.append(f"| ZEST@5 - {other}, {model_name} ({r['tasks']} tasks x seeds = {r['cells']}), "
+                                    f"points | {r['mean']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | {goal} | "
+                                    f"{'yes' if ok(r) else 'no'} |")
             if model_name == "smollm2" and not cost.empty:
                 c = cost[cost["model"] == model_name].set_index("method")
                 if z in c.index and "LoRA all" in c.index:

@@ -15,7 +15,13 @@ step time and peak resident memory during training come from the same runs, one 
 Resumable: a rerun skips the (method, learning rate) runs already in runs.jsonl.
 
 Methods: ``full`` (every weight), ``zest`` (ZestConfig(top_k=8), full mode, through zest_hf.prepare_trainer),
-``zest_lora`` (the same selection size, LoRA r=8 on it), ``lora_all`` (peft LoRA r=8 on every linear projection).
+``zest_lora`` (the same selection size, LoRA r=8 on it), ``lora_all`` (peft LoRA r=8 on every linear projection),
+and the QLoRA flow over a bitsandbytes NF4 base (``from_pretrained(..., quantization_config=BitsAndBytesConfig(
+load_in_4bit=True))``, also on a CPU): ``qlora_all`` (LoRA r=8 on every projection, as QLoRA does) and
+``zest_qlora`` (``zest_hf.select`` on one training batch of the 4-bit model picks the 8 projections, and the resolved
+config goes to ``SFTTrainer`` as its ``peft_config``: ZEST places QLoRA's adapters).
+
+    python examples/sft_trl.py --methods qlora_all,zest_qlora   # only the 4-bit runs
 """
 
 from __future__ import annotations
@@ -35,9 +41,14 @@ GRID = {  # learning rates per method: full mode trains the base weights (small 
     "zest": [3e-5, 1e-4],
     "zest_lora": [3e-4, 1e-3],
     "lora_all": [3e-4, 1e-3],
+    "qlora_all": [3e-4, 1e-3],
+    "zest_qlora": [3e-4, 1e-3],
 }
+#: The methods that train LoRA over a 4-bit (NF4) base.
+QUANTIZED = ("qlora_all", "zest_qlora")
 LABELS = {"full": "full fine-tuning", "zest": "ZEST@8 (full mode)", "zest_lora": "ZEST@8, LoRA r=8",
-          "lora_all": "LoRA r=8, every projection"}
+          "lora_all": "LoRA r=8, every projection", "qlora_all": "QLoRA r=8, every projection (NF4 base)",
+          "zest_qlora": "ZEST@8 QLoRA r=8 (NF4 base)"}
 TASK = "bigbench:social_iqa"
 
 
@@ -150,18 +161,34 @@ def run_one(method: str, lr: float, args) -> dict:
     train = conversations(task.splits["train"].shuffle(seed=args.seed), args.max_steps * args.batch_size)
     val = conversations(task.splits["validation"], args.val_examples)
     test = conversations(task.splits["test"], args.test_examples)
-    model, tok = load_model("smollm2", "causal_lm")
+    quant = {}
+    if method in QUANTIZED:
+        # bf16 compute where bitsandbytes has its GPU kernels; fp32 on a CPU, like the other methods there
+        compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        quant = dict(quantization_config=transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute),
+            device_map="auto" if torch.cuda.is_available() else "cpu")
+    model, tok = load_model("smollm2", "causal_lm", **quant)
     sft = trl.SFTConfig(output_dir=str(Path(args.out_dir) / "trainer"), max_steps=args.max_steps,
                         per_device_train_batch_size=args.batch_size, learning_rate=lr, lr_scheduler_type="constant",
                         weight_decay=0.0, max_length=args.max_length, seed=args.seed, data_seed=args.seed,
                         save_strategy="no", logging_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
                         gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True)
-    peft_config = None
-    if method == "lora_all":
+    peft_config = cfg = None
+    if method in ("lora_all", "qlora_all"):
         peft_config = peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    elif method == "zest_qlora":
+        # A Trainer refuses a purely quantised model, so the selection comes first, from one batch built as
+        # SFTTrainer builds its own (completion tokens only), and the resolved config is the adapter to attach.
+        from zest_hf.tasks.user import sft_batch
+
+        batch = sft_batch(train, tok, shape="prompt_completion",
+                          columns={"prompt": "prompt", "completion": "completion"},
+                          batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
+        cfg = peft_config = zest_hf.select(model, batch, zest_hf.ZestConfig(
+            top_k=args.top_k, mode="lora", r=8, lora_alpha=16, probe_seed=args.seed, modules_to_save=[]))
     trainer = trl.SFTTrainer(model=model, args=sft, train_dataset=train, processing_class=tok,
                              peft_config=peft_config)
-    cfg = None
     if method in ("zest", "zest_lora"):
         cfg = zest_hf.prepare_trainer(trainer, zest_hf.ZestConfig(
             top_k=args.top_k, mode="full" if method == "zest" else "lora", r=8, lora_alpha=16,
@@ -180,7 +207,9 @@ def run_one(method: str, lr: float, args) -> dict:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (Linux)
     m = trainer.model
     trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
-    total = sum(p.numel() for n, p in m.named_parameters() if "lora_" not in n)
+    # a 4-bit weight stores two values per byte: count the values it holds, as for the full-precision models
+    total = sum(p.quant_state.shape.numel() if hasattr(p, "quant_state") else p.numel()
+                for n, p in m.named_parameters() if "lora_" not in n)
     return {"method": method, "lr": lr, "seed": args.seed, "steps": args.max_steps, "batch_size": args.batch_size,
             "max_length": args.max_length, "task": TASK, "trainable": trainable, "total_params": total,
             "step_s": statistics.median(times[1:] or times), "peak_rss_gb": peak_gb,
@@ -234,13 +263,15 @@ def report(out_dir: Path) -> str:
                      f"{r['trainable']:,} ({100 * r['trainable'] / r['total_params']:.2f}%) | {r['step_s']:.2f} | "
                      f"{ratio_t} | {r['peak_rss_gb']:.2f} | {ratio_m} |")
     lines += ["", "Paired differences on the same test examples (points, 95% bootstrap interval over examples):", ""]
-    for a, b in (("zest", "lora_all"), ("zest", "full"), ("zest_lora", "lora_all")):
+    for a, b in (("zest", "lora_all"), ("zest", "full"), ("zest_lora", "lora_all"), ("zest_qlora", "qlora_all"),
+                 ("qlora_all", "lora_all")):
         if a in chosen and b in chosen:
             for metric in ("test_loglik", "test_generation"):
                 d, lo, hi = _paired_ci(chosen[a][metric], chosen[b][metric])
                 lines.append(f"- {LABELS[a]} - {LABELS[b]}, {metric.split('_')[1]}: {d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
-    if "zest" in chosen and chosen["zest"]["selected"]:
-        lines += ["", f"ZEST@8's selection: {', '.join(chosen['zest']['selected'])}"]
+    for m in ("zest", "zest_qlora"):
+        if m in chosen and chosen[m]["selected"]:
+            lines += ["", f"{LABELS[m]}'s selection: {', '.join(chosen[m]['selected'])}"]
     lines += ["", "Every run (validation accuracy % by learning rate):", ""]
     for m in GRID:
         runs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["lr"])

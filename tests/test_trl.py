@@ -146,3 +146,32 @@ def test_get_peft_model_then_a_stock_trainer_with_zest_callback(tiny_llama_dir, 
 def test_an_unresolved_lora_config_is_refused_at_get_peft_model(tiny_llama_dir):
     with pytest.raises(zest_hf.peft_method.ZestNotSelectedError, match="prepare_trainer"):
         peft.get_peft_model(_model(tiny_llama_dir), ZestConfig(top_k=2, mode="lora"))
+
+
+def test_zest_places_qlora_adapters_for_an_sft_trainer_over_a_4bit_base(tiny_llama_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from zest_hf.models import quantize_projections_4bit
+    from zest_hf.tasks.user import sft_batch
+
+    tok = _tok(tiny_llama_dir)
+    model, _ = quantize_projections_4bit(_model(tiny_llama_dir))
+    data = _data()
+    # a Trainer refuses a purely quantised model: select first, on a batch built as SFTTrainer builds its own
+    batch = sft_batch(data, tok, shape="prompt_completion", columns={"prompt": "prompt", "completion": "completion"},
+                      batch_size=4, max_length=32)
+    cfg = zest_hf.select(model, batch, ZestConfig(top_k=2, candidates=UPPER, mode="lora", r=4, modules_to_save=[]))
+    packed = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # activation checkpointing on, as QLoRA runs usually have it: backward must still stop at the selection
+    trainer = trl.SFTTrainer(model=model, args=_sft_args(tmp_path), train_dataset=data, processing_class=tok,
+                             peft_config=cfg)
+    spy, changed = _train_with_spy(trainer)
+    held, state = _optimizer_ids(trainer)
+    trainable = _trainable(trainer.model)
+    assert spy.fired == 0
+    assert held == state == set(trainable)
+    assert {n.split(".lora_")[0].removeprefix("base_model.model.") for n in trainable.values()} \
+        == set(cfg.selected_modules)
+    assert changed and all("lora_" in n for n in changed)
+    base = {n.removeprefix("base_model.model.").replace(".base_layer", ""): p
+            for n, p in trainer.model.named_parameters() if "lora_" not in n}
+    assert all(torch.equal(base[n], p) for n, p in packed.items())  # the 4-bit base never moved

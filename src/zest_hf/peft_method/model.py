@@ -5,7 +5,7 @@ bias train in place; everything else is frozen. ``save_pretrained`` writes those
 (``...q_proj.zest_layer.weight``) and the head; loading checks that the file holds exactly the selection.
 
 ``mode="lora"``: peft's own LoRA tuner is built from :meth:`ZestConfig.to_lora_config` instead (``ZestModel(...)``
-returns a ``LoraModel``), so the adapter a LoRA-mode model saves is a stock LoRA adapter that any LoRA server loads.
+returns a ``LoraModel`` subclass), so the adapter a LoRA-mode model saves is a stock LoRA adapter that any LoRA server loads.
 
 Both modes check, before touching the model, that the selected modules exist in it.
 
@@ -21,7 +21,7 @@ own batch, so it is refused there in favour of :func:`zest_hf.prepare_trainer` (
 
 **Backward stays above the selection.** With activation checkpointing, transformers, peft and TRL make the input
 embeddings require grad, so backward would run through every frozen block below the selection. While a full-mode
-model runs forward, those hooks are set aside unless reentrant checkpointing needs them.
+model (or a LoRA-mode one) runs forward, those hooks are set aside unless reentrant checkpointing needs them.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from peft.tuners.lora import LoraModel
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
@@ -99,12 +100,10 @@ class ZestModel(BaseTuner):
             return super().__new__(cls)
         # LoRA mode is peft's LoRA on the selected modules: returning a LoraModel here (its __init__ has run, ours
         # will not) makes PeftModel hold a stock LoraConfig, so what it saves is a stock LoRA adapter.
-        from peft.tuners.lora import LoraModel
-
         check_modules(model, config)
         lora = config.to_lora_config()
-        tuner = LoraModel(model, {adapter_name: lora} if isinstance(peft_config, dict) else lora, adapter_name,
-                          low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+        tuner = ZestLoraModel(model, {adapter_name: lora} if isinstance(peft_config, dict) else lora, adapter_name,
+                              low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
         lora.target_modules = set(config.selected_modules)  # peft shortens lists of >= 20 names; keep them exact
         return tuner
 
@@ -180,20 +179,9 @@ class ZestModel(BaseTuner):
         super().inject_adapter(self.model, adapter_name)  # unselected candidates are frozen again here
         return resolved
 
-    @contextlib.contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
-        """peft runs every forward of the PeftModel inside this: set the input-grad hooks aside while it runs, unless
-        reentrant checkpointing needs them (see the module docstring)."""
-        if not torch.is_grad_enabled() or uses_reentrant_checkpointing(self.model):
-            yield
-            return
-        hooks = input_grad_hooks(self.model)
-        saved = [(m, k, m._forward_hooks.pop(k)) for m, k in hooks]
-        try:
-            yield
-        finally:
-            for m, k, fn in saved:
-                m._forward_hooks[k] = fn
+        """peft runs every forward of the PeftModel inside this (see :func:`_input_grad_hooks_aside`)."""
+        return _input_grad_hooks_aside(self.model)
 
     def _pre_injection_hook(self, model: nn.Module, config: ZestConfig, adapter_name: str) -> None:
         if config.is_resolved:  # an unresolved config waits for its first batch (inject_adapter)
@@ -246,3 +234,29 @@ class ZestModel(BaseTuner):
                 "zest_hf.prepare_trainer(trainer, config, resume_from_checkpoint=...)."
             )
         return remapped
+
+
+@contextlib.contextmanager
+def _input_grad_hooks_aside(model: nn.Module):
+    """Set the input-grad hooks of ``enable_input_require_grads`` aside while a training forward runs, unless
+    reentrant checkpointing needs them (see the module docstring): backward then stops at the lowest selected
+    module instead of running through every frozen block below it."""
+    if not torch.is_grad_enabled() or uses_reentrant_checkpointing(model):
+        yield
+        return
+    saved = [(m, k, m._forward_hooks.pop(k)) for m, k in input_grad_hooks(model)]
+    try:
+        yield
+    finally:
+        for m, k, fn in saved:
+            m._forward_hooks[k] = fn
+
+
+class ZestLoraModel(LoraModel):
+    """peft's LoRA tuner on a ZEST selection, whose training forwards keep backward above the selection (as the full
+    mode does); everything else, saving included, is stock LoRA."""
+
+    @contextlib.contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        with super()._enable_peft_forward_hooks(*args, **kwargs), _input_grad_hooks_aside(self.model):
+            yield

@@ -10,7 +10,7 @@ Not in ``metrics="default"``.
 
 import torch
 
-from .base import GradParts, register_metric
+from .base import GradParts, register_metric, total
 
 
 @register_metric(
@@ -24,8 +24,9 @@ from .base import GradParts, register_metric
 def grad_snr(w: torch.Tensor, parts: GradParts) -> dict:
     if len(parts.parts) < 2:
         return {"grad_snr": float("nan")}  # one micro-batch: no spread to measure
-    stack = torch.stack(parts.parts)
-    var, mean = torch.var_mean(stack, dim=0, correction=1)
-    noise = var.sum().item()
-    signal = mean.pow(2).sum().item()
+    # two passes over the parts, no stacked copy: on a CPU var_mean along a new axis costs ~25x this
+    m = len(parts.parts)
+    mean = parts.total.div_(m)  # with two or more parts, total is a fresh tensor
+    noise = sum(total(torch.sub(g, mean).square_()) for g in parts.parts) / (m - 1)
+    signal = total(mean.square())
     return {"grad_snr": signal / noise if noise > 0 else (float("inf") if signal > 0 else 0.0)}

@@ -295,7 +295,13 @@ def main(argv=None) -> int:
     if not args.report:
         path = out / "runs.jsonl"
         done = {(r["method"], r["lr"]) for r in map(json.loads, path.read_text().splitlines())} if path.exists() else set()
-        todo = [(m, lr) for m in args.methods.split(",") for lr in GRID[m] if (m, lr) not in done]
+        # every method at its first rate before any at its second: a stopped grid still leaves a paired comparison
+        methods = args.methods.split(",")
+        unknown = [m for m in methods if m not in GRID]
+        if unknown:
+            raise SystemExit(f"unknown --methods {unknown}; choose from {', '.join(GRID)}")
+        todo = [(m, GRID[m][i]) for i in range(max(len(GRID[m]) for m in methods)) for m in methods
+                if i < len(GRID[m]) and (m, GRID[m][i]) not in done]
         for i, (m, lr) in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}] {LABELS[m]}, lr {lr:g}", flush=True)
             cmd = [sys.executable, __file__, "--one", m, str(lr)] + [a for a in (argv or sys.argv[1:])]

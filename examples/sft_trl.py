@@ -283,6 +283,16 @@ def report(out_dir: Path) -> str:
     return text
 
 
+def grid_order(methods: list[str], done: set) -> list[tuple[str, float]]:
+    """The (method, rate) runs still to do: every method at its first rate before any at its second, so that a grid
+    stopped half way still leaves every method a run to compare."""
+    unknown = [m for m in methods if m not in GRID]
+    if unknown:
+        raise SystemExit(f"unknown --methods {unknown}; choose from {', '.join(GRID)}")
+    return [(m, GRID[m][i]) for i in range(max(len(GRID[m]) for m in methods)) for m in methods
+            if i < len(GRID[m]) and (m, GRID[m][i]) not in done]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out_dir)
@@ -295,13 +305,7 @@ def main(argv=None) -> int:
     if not args.report:
         path = out / "runs.jsonl"
         done = {(r["method"], r["lr"]) for r in map(json.loads, path.read_text().splitlines())} if path.exists() else set()
-        # every method at its first rate before any at its second: a stopped grid still leaves a paired comparison
-        methods = args.methods.split(",")
-        unknown = [m for m in methods if m not in GRID]
-        if unknown:
-            raise SystemExit(f"unknown --methods {unknown}; choose from {', '.join(GRID)}")
-        todo = [(m, GRID[m][i]) for i in range(max(len(GRID[m]) for m in methods)) for m in methods
-                if i < len(GRID[m]) and (m, GRID[m][i]) not in done]
+        todo = grid_order(args.methods.split(","), done)
         for i, (m, lr) in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}] {LABELS[m]}, lr {lr:g}", flush=True)
             cmd = [sys.executable, __file__, "--one", m, str(lr)] + [a for a in (argv or sys.argv[1:])]

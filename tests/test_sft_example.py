@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 spec = importlib.util.spec_from_file_location("sft_trl", Path(__file__).resolve().parents[1] / "examples" / "sft_trl.py")
 sft = importlib.util.module_from_spec(spec)
@@ -37,3 +38,11 @@ def test_paired_interval_covers_the_mean_difference_and_is_zero_width_for_consta
     a, b = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
     d, lo, hi = sft._paired_ci(a, b)
     assert lo < d < hi and hi - lo < 30
+
+
+def test_the_grid_runs_every_method_at_its_first_rate_before_any_at_its_second():
+    todo = sft.grid_order(["zest_qlora", "qlora_all"], done={("qlora_all", 3e-4)})
+    assert todo == [("zest_qlora", 3e-4), ("zest_qlora", 1e-3), ("qlora_all", 1e-3)]
+    assert sft.grid_order(["full", "zest"], done=set())[:2] == [("full", 1e-5), ("zest", 3e-5)]
+    with pytest.raises(SystemExit, match="unknown --methods \\['qlora'\\]"):
+        sft.grid_order(["qlora"], done=set())

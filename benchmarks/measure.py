@@ -37,6 +37,20 @@ def reset_peak() -> bool:
         return False
 
 
+def timed(run: Callable[[], None]) -> float:
+    """Seconds ``run`` takes, waiting for queued CUDA work before and after so that the clock covers it all."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    run()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def time_and_peak(run: Callable[[], None], repeats: int) -> dict:
     """Run ``run`` once as a warm-up (lazy inits, optimizer state), then ``repeats`` times; median time and peaks."""
     import torch
@@ -46,16 +60,7 @@ def time_and_peak(run: Callable[[], None], repeats: int) -> dict:
     reset_ok = reset_peak()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(repeats + 1):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        run()
-        if cuda:
-            torch.cuda.synchronize()
-        if i > 0:
-            times.append(time.perf_counter() - t0)
+    times = [timed(run) for _ in range(repeats + 1)][1:]  # the first is the warm-up
     return {
         "time_s": statistics.median(times),
         "times_s": times,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from measure import run_worker, time_and_peak  # noqa: E402
+from measure import run_worker, time_and_peak, timed  # noqa: E402
 
 MODES = ("ft_step", "probe", "probe_spectral", "probe_parts", "probe_signals", "probe_grasp")
 #: What each probe mode asks for, and its label in the table.
@@ -94,7 +94,6 @@ def interleaved_worker(model_name: str, modes: list[str], task: str, batch_size:
     """Time every mode round-robin in one process (one warm-up round, then ``repeats`` rounds): on a machine whose
     load drifts, each round's ratio to its own FT step compares operations run seconds apart, not minutes."""
     import statistics
-    import time
 
     import torch
 
@@ -103,14 +102,9 @@ def interleaved_worker(model_name: str, modes: list[str], task: str, batch_size:
     times = {m: [] for m in modes}
     for r in range(repeats + 1):
         for m in modes:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            runs[m]()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            if r > 0:
-                times[m].append(time.perf_counter() - t0)
+            t = timed(runs[m])
+            if r > 0:  # the first round is the warm-up
+                times[m].append(t)
     ratios = {m: statistics.median(t / f for t, f in zip(times[m], times["ft_step"])) for m in modes}
     return {"model": model_name, "mode": "interleaved", "times_s": times, "ratio_median": ratios,
             "threads": torch.get_num_threads()}

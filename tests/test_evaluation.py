@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+import pytest
+import scipy.stats
 
 from test_predictor import synthetic
 from zest_hf import ProbeResult
@@ -48,6 +50,15 @@ def test_evaluation_protocols_and_baselines(tmp_path):
         if r.protocol == pooled:  # the task is removed from every model, not only from the held-out one
             assert not any(k.endswith(f"/{r.task}") for k in train)
             assert ("b/t1" in train) == (r.task != "t1")  # and the other model's tasks are in
+    # the consensus of the training tasks' ground truth exists only where the held-out model has training tasks, and
+    # is each layer's mean rank over exactly those
+    cons = df[df.method == "training tasks' consensus"]
+    assert cons.groupby("protocol").size().to_dict() == {"leave-one-task-out": 3, pooled: 3}
+    by_name = {d.key: d for d in data}
+    for r in cons.itertuples():
+        same = [by_name[k] for k in r.train.split(";") if k.startswith(f"{r.model}/")]
+        expect = np.mean([scipy.stats.rankdata(d.scores) for d in same], axis=0)
+        assert r.tau == pytest.approx(scipy.stats.kendalltau(expect, by_name[f"{r.model}/{r.task}"].scores)[0])
     mean = df.groupby("method")["tau"].mean()
     assert mean["linear/zscore"] > 0.6
     assert abs(mean["random"]) < 0.1

@@ -9,6 +9,9 @@ Kendall tau and top-5 precision against the ground truth, for
 * the best single metric, chosen on the TRAINING model-tasks only (largest mean signed tau, sign included), then
   applied to the held-out one;
 * a data-free prior: the same predictor with only canonical type, depth and size as inputs, fitted on the same pairs;
+* the training tasks' consensus: each layer's mean ground-truth rank over the training tasks of the held-out task's
+  own model (no probe at all). It is what knowing this model's usual layer order buys, the most any task-agnostic
+  ranking of its layers could be expected to reach; a predictor that does not beat it adds nothing task-specific;
 * random: the expectation over 200 random orders.
 
 :func:`run_learning_curve` asks what limits the held-out figures: the same leave-one-task-out protocol, but trained on
@@ -47,6 +50,10 @@ SIGNALS = {"spectral": ("spectral_snr", "log_cond", "alpha_hill"), "grad_snr": (
            "two_halves": ("gen_sign", "gen_sign_mean", "gen_agree")}
 #: Every column of those signals.
 SIGNAL_COLUMNS = tuple(c for cols in SIGNALS.values() for c in cols)
+
+
+#: The rows of the evaluation that are not learned predictors.
+BASELINES = ("random", "prior only", "best single metric", "training tasks' consensus")
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,18 @@ def best_single_metric(train: list[ModelTask], columns: list[str]) -> tuple[str,
     return best, sign
 
 
+def consensus_scores(train: list[ModelTask], test: ModelTask) -> np.ndarray | None:
+    """Each layer of ``test`` scored by its mean ground-truth rank over the ``train`` tasks of the same model; None
+    where no training task of that model has the same layers (leave-one-model-out, or another layer subset)."""
+    from scipy.stats import rankdata
+
+    names = [l["name"] for l in test.layers]
+    same = [d for d in train if d.model == test.model and [l["name"] for l in d.layers] == names]
+    if not same:
+        return None
+    return np.mean([rankdata(d.scores) for d in same], axis=0)
+
+
 def _random_expectation(truth: np.ndarray, k: int = 5, draws: int = 200, seed: int = 0) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     taus, precs = [], []
@@ -151,6 +170,10 @@ def evaluate(train: list[ModelTask], test: ModelTask, variants: list[Variant], s
     rows.append({"method": "best single metric", "choice": f"{'-' if sign < 0 else '+'}{col}",
                  "tau": kendall(s, test.scores), "p@5": top_k_precision(s, test.scores),
                  "top5_types": top_types(s, test)})
+    s = consensus_scores(train, test)
+    if s is not None:
+        rows.append({"method": "training tasks' consensus", "tau": kendall(s, test.scores),
+                     "p@5": top_k_precision(s, test.scores), "top5_types": top_types(s, test)})
     t, p = _random_expectation(test.scores)
     rows.append({"method": "random", "tau": t, "p@5": p})
     for r in rows:
@@ -230,10 +253,10 @@ def _decoder_sections(df: pd.DataFrame) -> list[str]:
              .reindex(columns=protocols))
     table["mean"] = table.mean(axis=1)
     table = table.sort_values("mean", ascending=False).round(3)
-    best = next((m for m in table.index if m not in ("random", "prior only", "best single metric")), None)
-    # the best, the bundled predictor's variant (linear/rank) and the data-free prior
+    best = next((m for m in table.index if m not in BASELINES), None)
+    # the best, the bundled predictor's variant (linear/rank), the data-free prior and the model's usual order
     mix = dec[(dec["protocol"] == "leave-one-task-out, all models")
-              & dec["method"].isin([best, "linear/rank", "prior only"])]
+              & dec["method"].isin([best, "linear/rank", "prior only", "training tasks' consensus"])]
     mix = mix.pivot_table(index=["model", "task", "truth_top5_types"], columns="method", values="top5_types",
                           aggfunc="first").reset_index()
     n = dec[["model", "task"]].drop_duplicates().shape[0]

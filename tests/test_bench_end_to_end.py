@@ -207,3 +207,24 @@ def test_report_draws_the_forest_and_pareto_plots_and_checks_zests_memory_agains
                   "| yes |")
     assert memory_row in text
     assert "| 10.0% " in text.split("## Table 5")[1]  # the selections' share of the projections
+
+
+def test_lr_table_compares_a_methods_rates_on_the_same_tasks_of_the_current_design(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_lr_table", BENCH / "lr_table.py")
+    lr_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lr_table)
+    from end_to_end import key_budget
+
+    now, old = key_budget("minilm"), {**key_budget("minilm"), "steps": 1}
+    rows = [  # task a ran the whole grid; task b only the first rate, where it scored far higher
+        ("a", 3e-4, 0.50, now), ("a", 1e-3, 0.70, now), ("b", 3e-4, 0.99, now),
+        ("a", 3e-4, 0.95, old),  # an older design's line: never mixed in
+        ("c", 3e-4, 0.10, now), ("c", 1e-3, 0.30, now)]
+    with (tmp_path / "runs.jsonl").open("w") as fh:
+        for task, lr, acc, budget in rows:
+            fh.write(json.dumps({"model": "minilm", "task": task, "method": "ZEST 10%", "lr": lr, "seed": 0,
+                                 "val_acc": acc, "budget": budget}) + "\n")
+    text = lr_table.table(tmp_path / "runs.jsonl", tmp_path / "absent.jsonl")
+    # over a and c only: 3e-4 -> 30.0, 1e-3 -> 50.0; counting b or the old line would put 3e-4 ahead
+    assert "| MiniLM, classification (2 tasks) | ZEST 10% | 0.0003: 30.0, **0.001: 50.0** |" in text

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats
 
@@ -122,3 +123,20 @@ def test_signal_ablation_credits_the_signal_that_carries_the_ranking(tmp_path):
     assert mean["prior + spectral"] < mean["prior + grad_snr"] - 0.3
     for f in ("signal_ablation.md", "signal_ablation.csv", "signal_ablation.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0
+
+
+def test_held_out_judges_only_the_named_task_and_still_trains_on_the_rest(tmp_path):
+    for i, (m, t) in enumerate([("a", "t1"), ("a", "t2"), ("a", "t3"), ("b", "t1")]):
+        _write_model_task(tmp_path, m, t, seed=i)
+    v = [Variant("linear", "zscore", steps=200)]
+    full = run_evaluation(tmp_path, tmp_path / "full", variants=v, progress=False)
+    one = run_evaluation(tmp_path, tmp_path / "one", variants=v, progress=False, held_out=["a/t2"])
+    assert set(zip(one.model, one.task)) == {("a", "t2")}
+    # the same folds as the full run's rows of that model-task: same training sets, same seed, same figures
+    cols = ["protocol", "method", "train", "tau"]
+    expect = full[(full.model == "a") & (full.task == "t2")][cols].sort_values(cols[:2]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(one[cols].sort_values(cols[:2]).reset_index(drop=True), expect)
+    by_task = run_evaluation(tmp_path, tmp_path / "t1", variants=v, progress=False, held_out=["t1"])
+    assert set(zip(by_task.model, by_task.task)) == {("a", "t1"), ("b", "t1")}
+    with pytest.raises(ValueError, match="none of --held-out.*usable: a/t1"):
+        run_evaluation(tmp_path, tmp_path / "bad", variants=v, progress=False, held_out=["t9"])

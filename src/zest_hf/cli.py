@@ -208,6 +208,9 @@ def _cmd_train_predictor(args) -> int:
 def _cmd_evaluate_predictor(args) -> int:
     from .research.evaluation import run_evaluation, run_learning_curve, run_signal_ablation
 
+    if args.held_out and (args.signals or args.learning_curve):
+        raise SystemExit("zest evaluate-predictor: --held-out applies to the held-out evaluation only, not to "
+                         "--signals or --learning-curve; drop one of them")
     if args.signals:
         run_signal_ablation(args.data, args.out_dir, seed=args.seed)
         print((Path(args.out_dir) / "signal_ablation.md").read_text())
@@ -216,7 +219,8 @@ def _cmd_evaluate_predictor(args) -> int:
         run_learning_curve(args.data, args.out_dir, seed=args.seed)
         print((Path(args.out_dir) / "predictor_learning_curve.md").read_text())
         return 0
-    run_evaluation(args.data, args.out_dir, seed=args.seed)
+    held_out = [t.strip() for t in args.held_out.split(",")] if args.held_out else None
+    run_evaluation(args.data, args.out_dir, seed=args.seed, held_out=held_out)
     print((Path(args.out_dir) / "predictor_eval.md").read_text())
     return 0
 
@@ -370,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: held-out tau against the number of training tasks (predictor_learning_curve.md)")
     p.add_argument("--signals", action="store_true",
                    help="instead: what each signal outside the default probe adds over the prior (signal_ablation.md)")
+    p.add_argument("--held-out", default=None,
+                   help="comma list of tasks or model/task keys: judge only these as held out (the rest still train); "
+                        "use another --out-dir to keep the full report")
     p.set_defaults(func=_cmd_evaluate_predictor)
 
     p = command("study")

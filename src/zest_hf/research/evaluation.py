@@ -182,8 +182,13 @@ def evaluate(train: list[ModelTask], test: ModelTask, variants: list[Variant], s
 
 
 def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Variant] | None = None,
-                   seed: int = 0, progress: bool = True) -> pd.DataFrame:
-    """Both protocols over every held-out model-task; writes ``predictor_eval.md``/``.csv``/``.png``."""
+                   seed: int = 0, progress: bool = True, held_out: list[str] | None = None) -> pd.DataFrame:
+    """Every protocol over every held-out model-task; writes ``predictor_eval.md``/``.csv``/``.png``.
+
+    ``held_out``: judge only these tasks (``"bigbench:timedial"``) or model-tasks (``"smollm2/bigbench:timedial"``)
+    as the held-out one, every other model-task still training as in the full run: the check of one newly collected
+    task without refitting every fold.
+    """
     from tqdm.auto import tqdm
 
     # linear/rank/no-prior: the one-batch metrics alone, so that what the data-free prior adds is measured too
@@ -198,8 +203,14 @@ def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Var
                 variants.append(Variant("linear", "rank", metrics=tuple(FEATURES) + tuple(cols), tag=name))
     if len(data) < 2:
         raise ValueError(f"need at least two model-tasks with ground truth and probes in {data_dir}, found {len(data)}")
+    judged = data
+    if held_out:
+        judged = [d for d in data if d.task in held_out or d.key in held_out]
+        if not judged:
+            raise ValueError(f"none of --held-out {held_out} is a model-task with finished ground truth and a probe "
+                             f"in {data_dir} (usable: {', '.join(d.key for d in data)})")
     jobs = []
-    for d in data:
+    for d in judged:
         same = [o for o in data if o.model == d.model and o.task != d.task]
         if same:
             jobs.append(("leave-one-task-out", same, d))

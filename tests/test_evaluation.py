@@ -132,6 +132,7 @@ def test_held_out_judges_only_the_named_task_and_still_trains_on_the_rest(tmp_pa
     full = run_evaluation(tmp_path, tmp_path / "full", variants=v, progress=False)
     one = run_evaluation(tmp_path, tmp_path / "one", variants=v, progress=False, held_out=["a/t2"])
     assert set(zip(one.model, one.task)) == {("a", "t2")}
+    assert f"--out-dir {tmp_path / 'one'} --seed 0 --held-out a/t2`" in (tmp_path / "one" / "predictor_eval.md").read_text()
     # the same folds as the full run's rows of that model-task: same training sets, same seed, same figures
     cols = ["protocol", "method", "train", "tau"]
     expect = full[(full.model == "a") & (full.task == "t2")][cols].sort_values(cols[:2]).reset_index(drop=True)

@@ -229,11 +229,14 @@ def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Var
             r["train"] = ";".join(d.key for d in train)  # so that anyone can check what a row was trained on
             rows.append(r)
     df = pd.DataFrame(rows)
-    _write_eval(df, data_dir, Path(out_dir), seed, noise_ceilings(gt))
+    command = f"zest evaluate-predictor --data {data_dir} --out-dir {out_dir} --seed {seed}"
+    if held_out:
+        command += f" --held-out {','.join(held_out)}"
+    _write_eval(df, command, Path(out_dir), seed, noise_ceilings(gt))
     return df
 
 
-def _write_eval(df: pd.DataFrame, data_dir: str | Path, out_dir: Path, seed: int, ceil: pd.DataFrame) -> None:
+def _write_eval(df: pd.DataFrame, command: str, out_dir: Path, seed: int, ceil: pd.DataFrame) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / "predictor_eval.csv", index=False)
     summary = df.groupby(["protocol", "method"])[["tau", "p@5"]].mean().round(3)
@@ -244,7 +247,7 @@ def _write_eval(df: pd.DataFrame, data_dir: str | Path, out_dir: Path, seed: int
                else "(no model-task has two seeds of ground truth yet)")
     text = "\n".join([
         "# ZEST predictor on held-out model-tasks (Kendall tau, top-5 precision)", "",
-        f"Seed {seed}. Reproduce: `zest evaluate-predictor --data {data_dir}`.", "",
+        f"Seed {seed}. Reproduce: `{command}`.", "",
         "## Mean over held-out model-tasks", "", summary.to_markdown(), "",
         "## Noise ceiling: Kendall tau between two seeds of the ground truth", "", ceiling, "",
         "## Tau per held-out model-task", "", per_task.to_markdown(), ""] + _decoder_sections(df))

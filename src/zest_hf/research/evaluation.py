@@ -265,7 +265,7 @@ def _decoder_sections(df: pd.DataFrame) -> list[str]:
     protocols = ["leave-one-task-out", "leave-one-task-out, all models", "leave-one-model-out"]
     table = (dec[dec["protocol"].isin(protocols)].pivot_table(index="method", columns="protocol", values="tau")
              .reindex(columns=protocols))
-    table["mean"] = table.mean(axis=1)
+    table["mean"] = table.mean(axis=1, skipna=False)  # a baseline one protocol lacks gets no mean to sort by
     table = table.sort_values("mean", ascending=False).round(3)
     best = next((m for m in table.index if m not in BASELINES), None)
     # the best, the bundled predictor's variant (linear/rank), the data-free prior and the model's usual order

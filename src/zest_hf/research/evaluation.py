@@ -10,8 +10,9 @@ Kendall tau and top-5 precision against the ground truth, for
   applied to the held-out one;
 * a data-free prior: the same predictor with only canonical type, depth and size as inputs, fitted on the same pairs;
 * the training tasks' consensus: each layer's mean ground-truth rank over the training tasks of the held-out task's
-  own model (no probe at all). It is what knowing this model's usual layer order buys, the most any task-agnostic
-  ranking of its layers could be expected to reach; a predictor that does not beat it adds nothing task-specific;
+  own model (no probe at all). It is what knowing this model's usual layer order buys: a task-agnostic reference
+  (not a bound: a smoother prior can beat it on a noisy task), which a predictor must beat to show that it reads the
+  task;
 * random: the expectation over 200 random orders.
 
 :func:`run_learning_curve` asks what limits the held-out figures: the same leave-one-task-out protocol, but trained on

@@ -478,8 +478,11 @@ def accuracy_phase(models, methods, out_dir: Path, arch: str, normalization: str
             selectors = (loto_selectors(model_name, task, out_dir, arch, normalization)
                          if need & {"zest", "lora_zest", "single"} else {})
             oracle = oracle_layers(model_name, task, 5) if "oracle" in need else None
-            # Head-only first: its tuned head learning rate is every other method's head rate.
+            # Head-only first: its tuned head learning rate is every other method's head rate. An invocation without
+            # it still needs that rate: taken from head-only's finished grid, or head-only joins the invocation.
             order = sorted(methods, key=lambda m: m.kind != "head_only")
+            if order[0].kind != "head_only":
+                order.insert(0, BY_NAME["head only"])
             plan = sum(len(budget["grids"][m.family]) + len(SEEDS) - 1 for m in order)
             bar = tqdm(total=plan, desc=f"{model_name} {task}", unit="run")
             head_lr = None

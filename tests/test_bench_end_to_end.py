@@ -63,6 +63,21 @@ def test_predictor_free_methods_never_build_the_predictor_or_the_oracle(bench, t
     assert full == [(1e-5, 0), (1e-4, 0), (1e-4, 1), (1e-4, 2), (1e-4, 3), (1e-4, 4)]
 
 
+def test_a_method_run_without_head_only_still_gets_head_onlys_tuned_head_rate(bench, tmp_path):
+    head_lr = max(bench.BUDGETS["toy"]["grids"]["head"])  # the fake's best
+    bench.accuracy_phase(["toy"], [bench.BY_NAME["head only"]], tmp_path, "linear", "rank")
+    bench.calls.clear()
+    # head-only finished earlier: nothing of it runs again, and full FT trains its head at head-only's best rate
+    bench.accuracy_phase(["toy"], [bench.BY_NAME["full FT"]], tmp_path, "linear", "rank")
+    assert {c[0] for c in bench.calls} == {"full FT"} and {c[2] for c in bench.calls} == {head_lr}
+    # on a task where head-only never ran, it runs first rather than leaving the head's rate unset
+    bench.calls.clear()
+    (tmp_path / "fresh").mkdir()
+    bench.accuracy_phase(["toy"], [bench.BY_NAME["full FT"]], tmp_path / "fresh", "linear", "rank")
+    assert bench.calls[0][0] == "head only"
+    assert all(c[2] == head_lr for c in bench.calls if c[0] == "full FT")
+
+
 def test_a_rerun_resumes_from_runs_jsonl_and_a_needed_oracle_is_built(bench, tmp_path, monkeypatch):
     built = []
     monkeypatch.setattr(bench, "oracle_layers", lambda model, task, k: built.append(task) or ["a", "b"])

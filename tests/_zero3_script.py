@@ -76,6 +76,10 @@ def main():
     (out / f"zero3_rank{rank}_{mode}.json").write_text(json.dumps({
         "partitioned": partitioned, "moved": moved, "opt_numel": opt_numel, "trainable_numel": trainable,
         "total_numel": sum(v.numel() for v in full.values()), "processes": trainer.accelerator.num_processes}))
+    # Both ranks leave together and tear the process group down: a rank that exits while the other still talks to
+    # it, or with gloo's threads alive, aborts at interpreter exit ("terminate called without an active exception").
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def canonical(name: str) -> str:

@@ -10,27 +10,25 @@ has every rate of its grid, so that its rates are compared on the same tasks. Wr
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "examples")]  # sibling scripts, not packages
+from end_to_end import key_budget  # noqa: E402
+from sft_trl import LABELS  # noqa: E402
+
+from zest_hf.contrib import read_jsonl  # noqa: E402
+
 E2E = ROOT / "benchmarks" / "results" / "end_to_end" / "runs.jsonl"
 SFT = ROOT / "examples" / "results" / "sft_trl" / "runs.jsonl"
 SETTINGS = {"minilm": "MiniLM, classification", "smollm2": "SmolLM2, 40 steps"}
 SFT_SETTING = "SmolLM2, SFT with TRL (social_iqa)"
 
 
-def _read(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-
-
 def _e2e_cells(rows: list[dict]) -> dict:
     """(setting, method) -> lr -> [validation accuracy per task], over the tasks that ran the method's whole grid."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from end_to_end import key_budget  # noqa: E402  (a sibling script, not a package)
-
     grids = defaultdict(lambda: defaultdict(dict))  # (model, method) -> task -> lr -> val acc
     for r in rows:
         if r["seed"] == 0 and r["budget"] == key_budget(r["model"]):
@@ -47,9 +45,6 @@ def _e2e_cells(rows: list[dict]) -> dict:
 
 
 def _sft_cells(rows: list[dict]) -> dict:
-    sys.path.insert(0, str(ROOT / "examples"))
-    from sft_trl import LABELS  # noqa: E402
-
     cells = defaultdict(lambda: defaultdict(list))
     for r in rows:
         cells[(SFT_SETTING, LABELS.get(r["method"], r["method"]))][r["lr"]].append(
@@ -58,7 +53,7 @@ def _sft_cells(rows: list[dict]) -> dict:
 
 
 def table(e2e: Path = E2E, sft: Path = SFT) -> str:
-    cells = {**_e2e_cells(_read(e2e)), **_sft_cells(_read(sft))}
+    cells = {**_e2e_cells(read_jsonl(e2e)), **_sft_cells(read_jsonl(sft))}
     lines = ["# Learning rates, measured", "",
              "`python benchmarks/lr_table.py`: mean validation accuracy % (over the tasks where the method ran its "
              "whole grid) at each rate, seed 0, constant rate, AdamW; the best rate in bold (the grids hold two rates "

@@ -29,7 +29,7 @@ import numpy as np
 
 try:  # the research extra; say which one before any work starts
     import pandas as pd
-    import scipy  # noqa: F401  (kendalltau, in .study)
+    from scipy.stats import rankdata  # and kendalltau, in .study
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"zest_hf.research needs the research extra ({e.name} is missing): "
                       "pip install 'zest_hf[research]'") from None
@@ -135,8 +135,6 @@ def best_single_metric(train: list[ModelTask], columns: list[str]) -> tuple[str,
 def consensus_scores(train: list[ModelTask], test: ModelTask) -> np.ndarray | None:
     """Each layer of ``test`` scored by its mean ground-truth rank over the ``train`` tasks of the same model; None
     where no training task of that model has the same layers (leave-one-model-out, or another layer subset)."""
-    from scipy.stats import rankdata
-
     names = [l["name"] for l in test.layers]
     same = [d for d in train if d.model == test.model and [l["name"] for l in d.layers] == names]
     if not same:

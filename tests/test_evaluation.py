@@ -139,5 +139,7 @@ def test_held_out_judges_only_the_named_task_and_still_trains_on_the_rest(tmp_pa
     pd.testing.assert_frame_equal(one[cols].sort_values(cols[:2]).reset_index(drop=True), expect)
     by_task = run_evaluation(tmp_path, tmp_path / "t1", variants=v, progress=False, held_out=["t1"])
     assert set(zip(by_task.model, by_task.task)) == {("a", "t1"), ("b", "t1")}
-    with pytest.raises(ValueError, match="none of --held-out.*usable: a/t1"):
-        run_evaluation(tmp_path, tmp_path / "bad", variants=v, progress=False, held_out=["t9"])
+    for bad in (["t9"], ["a/t2", "a/t9"]):  # one unknown name among good ones is refused too
+        with pytest.raises(ValueError, match=r"held_out \(--held-out\) names \[.*t9'\].*usable: a/t1"):
+            run_evaluation(tmp_path, tmp_path / "bad", variants=v, progress=False, held_out=bad)
+    assert not (tmp_path / "bad").exists()

@@ -204,10 +204,12 @@ def run_evaluation(data_dir: str | Path, out_dir: str | Path, variants: list[Var
         raise ValueError(f"need at least two model-tasks with ground truth and probes in {data_dir}, found {len(data)}")
     judged = data
     if held_out:
+        # every name must match: a typo among several would otherwise shrink the judged set without a word
+        unknown = [h for h in held_out if not any(h in (d.task, d.key) for d in data)]
+        if unknown:
+            raise ValueError(f"held_out (--held-out) names {unknown}, not a task or model/task with finished ground "
+                             f"truth and a probe in {data_dir}; usable: {', '.join(d.key for d in data)}")
         judged = [d for d in data if d.task in held_out or d.key in held_out]
-        if not judged:
-            raise ValueError(f"none of --held-out {held_out} is a model-task with finished ground truth and a probe "
-                             f"in {data_dir} (usable: {', '.join(d.key for d in data)})")
     jobs = []
     for d in judged:
         same = [o for o in data if o.model == d.model and o.task != d.task]

@@ -675,7 +675,7 @@ def comparisons() -> list[tuple[str, str]]:
               ("ZEST@5", "Random@5"), ("ZEST@5", "full FT"), ("ZEST@5", "best metric@5"), ("ZEST@5", "LoRA all"),
               ("ZEST@10", "Random@5"), ("ZEST@10", "full FT"),
               # how much any choice of five layers can matter: the ground truth's own top 5 against a random five
-              ("oracle@5", "Random@5"), ("ZEST@5", "oracle@5")]
+              ("oracle@5", "Random@5"), ("ZEST@5", "oracle@5"), ("best metric@5", "Random@5")]
     return pairs
 
 

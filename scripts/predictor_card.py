@@ -22,7 +22,7 @@ for meth in ["linear/rank", "linear/zscore", "mlp/zscore", "mlp/rank", "prior on
 ceil = json.load(open("results/noise_ceiling.json"))
 lines += ["", f"Held-out model-tasks: {n['leave-one-task-out']} per protocol (all models: the held-out task removed from every model's data). Noise ceiling (Kendall tau between two seeds of the ground truth itself): "
           + ", ".join(f"{c['model']}/{c['task'].split(':')[-1]} {c['tau']:.3f}" for c in ceil)
-          + ". The paper's 0.8 is above every ceiling measured here but one."]
+          + f". {sum(c['tau'] >= 0.8 for c in ceil)} of these {len(ceil)} ceilings reach the paper's 0.8."]
 open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 PROTOCOLS = ("leave-one-task-out", "leave-one-model-out", "leave-one-task-out, all models")
 mean3 = {v: sum(m.loc[(p, v)].tau for p in PROTOCOLS) / 3 for v in ("linear/rank", "linear/zscore")}

@@ -49,8 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--eval-examples", type=int, default=100, help="first N examples of the test split (0: all)")
     ap.add_argument("--max-examples", type=int, default=None,
                     help="keep a seeded subset of this many examples of the task before splitting (quick runs)")
-    ap.add_argument("--predictor", default="zest-universal",
-                    help="bundled predictor name, directory, Hub id, or 'metric:<probe column>'")
+    ap.add_argument("--predictor", default="auto",
+                    help="auto (the bundled predictor of the model's family), a bundled name, directory, Hub id, "
+                         "or 'metric:<probe column>'")
     ap.add_argument("--output-dir", default="out/examples/causal_lm", help="the LoRA adapter is saved here")
     return ap.parse_args(argv)
 

@@ -152,3 +152,21 @@ def test_auto_head_of_a_decoder_on_a_classification_task_is_its_lm_head(tiny_lla
                  "--max-length", "32", "--predictor", "metric:grad_norm", "--config-out", str(out)]) == 0
     cfg = ZestConfig.from_json(out)
     assert cfg.modules_to_save == [] and cfg.selection_info["head"] == "causal_lm"
+
+
+def test_train_predictor_family_keeps_one_familys_ground_truth(tmp_path):
+    """`zest train-predictor --family decoder` (how predictors/zest-decoder is made) trains on decoders' model-tasks
+    only, and a filter that leaves nothing stops before anything is written."""
+    from pathlib import Path
+
+    from zest_hf.predictor import ZestPredictor
+
+    data = Path(__file__).resolve().parents[1] / "predictors" / "data"
+    rc = main(["train-predictor", "--data", str(data), "--family", "decoder", "--steps", "5",
+               "--out", str(tmp_path / "dec")])
+    tasks = ZestPredictor.from_pretrained(tmp_path / "dec").trained_on["model_tasks"]
+    assert rc == 0 and tasks and all(t.startswith("smollm2/") for t in tasks)
+    with pytest.raises(SystemExit, match="no model-task .* --family 'decoder'"):
+        main(["train-predictor", "--data", str(data), "--family", "decoder", "--model-filter", "minilm",
+              "--out", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()

@@ -130,7 +130,9 @@ def test_no_import_cycle_between_modules():
     ('"ForCausalLM"', "zest_hf/modeling.py"),            # is this a causal LM
     ("next(model.parameters()).device", None),          # device lookup: modeling.device_of only
     ('= "__head__"', "zest_hf/research/records.py"),     # the head-only baseline's name
-    ('= "zest-universal"', "zest_hf/defaults.py"),       # the default predictor
+    ('= "zest-universal"', "zest_hf/predictor/family.py"),  # the pooled predictor
+    ('= "zest-decoder"', "zest_hf/predictor/family.py"),  # the decoders' predictor
+    ('DEFAULT_PREDICTOR = ', "zest_hf/defaults.py"),      # the default predictor
     ("saved_grads = [p.grad", "zest_hf/probe/state.py"), # borrowing a model and giving it back
     ("isinstance(top_k, bool)", None),                  # bool-is-not-an-int: validation.check_int only
 ])

@@ -32,12 +32,15 @@ def test_wheel_bundles_predictors_and_resolves_the_default_offline(tmp_path):
         for f in ("config.json", "model.safetensors", "README.md"):
             assert f"zest_hf/_predictors/{name}/{f}" in names
     assert not [n for n in names if "/data/" in n or n.endswith(".jsonl")], "ground-truth data must stay out"
-    # Installed alone (no source checkout beside it), the default predictor still resolves, from the wheel.
+    # Installed alone (no source checkout beside it), the default ("auto") still resolves, from the wheel, to each
+    # family's predictor.
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    code = ("import zest_hf.hub as h; p = h.load_predictor(); d = h.bundled_predictors()[h.DEFAULT_PREDICTOR]; "
-            "print(d)")
+    code = ("import zest_hf.hub as h; b = h.bundled_predictors(); "
+            "print(h.DEFAULT_PREDICTOR, b[h.resolve_name(None, ['q', 'v'])], b[h.resolve_name(None, ['gate', 'up'])]); "
+            "h.load_predictor(); h.load_predictor(layers=['gate'])")
     env = {**os.environ, "PYTHONPATH": str(target), "ZEST_HF_PREDICTORS": ""}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True, capture_output=True,
                          text=True).stdout.strip()
-    assert out == str(target / "zest_hf" / "_predictors" / "zest-universal")
+    bundled_dir = target / "zest_hf" / "_predictors"
+    assert out == f"auto {bundled_dir / 'zest-universal'} {bundled_dir / 'zest-decoder'}"

@@ -81,3 +81,37 @@ def test_spectrum_keeps_each_types_best_by_a_naive_svd_snr_and_uses_no_data():
     cfg = zest_hf.select(model, token_batch(seed=3), ZestConfig(top_k=2 * len(want), predictor="spectrum"))
     assert sorted(cfg.selected_modules) == sorted(top)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_auto_resolves_each_family_to_its_bundled_predictor_and_records_which():
+    """The default predictor is "auto": a model with a gated MLP (Llama-style, or a fused gate_up) is ranked by
+    zest-decoder, any other by the pooled zest-universal; the selection records the predictor actually used, and
+    its scores are exactly what that predictor, named outright, gives."""
+    import torch
+    from helpers import tiny_bert_cls, tiny_gpt2, tiny_llama, token_batch
+
+    import zest_hf
+    from zest_hf.defaults import DEFAULT_PREDICTOR
+    from zest_hf.predictor.family import DECODER_PREDICTOR, POOLED_PREDICTOR, family_of
+    from zest_hf.predictor.hub import bundled_predictors, load_predictor
+    from zest_hf.selection.rank import rank
+
+    assert DEFAULT_PREDICTOR == "auto" and ZestConfig(top_k=1).predictor == "auto"
+    assert {DECODER_PREDICTOR, POOLED_PREDICTOR} <= set(bundled_predictors())
+    assert family_of(["q", "k", "gate_up", "down"]) == "decoder" and family_of(["qkv", "o", "up", "down"]) == "other"
+    # without candidates to look at, "auto" is the predictor that serves any model
+    assert load_predictor().trained_on == load_predictor(POOLED_PREDICTOR).trained_on
+    assert load_predictor("auto", layers=["gate"]).trained_on == load_predictor(DECODER_PREDICTOR).trained_on
+    assert load_predictor(DECODER_PREDICTOR).trained_on != load_predictor(POOLED_PREDICTOR).trained_on
+
+    torch.manual_seed(0)
+    batch = token_batch(batch=2, length=8, vocab=100)
+    for model, want, labels in ((tiny_llama(num_hidden_layers=2), DECODER_PREDICTOR, None),
+                                (tiny_bert_cls(), POOLED_PREDICTOR, torch.tensor([0, 1])),
+                                (tiny_gpt2(), POOLED_PREDICTOR, None)):
+        b = batch if labels is None else dict(batch, labels=labels)
+        auto = rank(model, b)
+        named = rank(model, b, predictor=want)
+        assert auto.predictor == want and auto.layers == named.layers
+        cfg = zest_hf.select(model, b, ZestConfig(top_k=2))
+        assert cfg.selection_info["predictor"] == want and cfg.selected_modules == named.top(2)

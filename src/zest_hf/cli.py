@@ -195,6 +195,13 @@ def _cmd_train_predictor(args) -> int:
     data = load_model_tasks(args.data)
     if args.model_filter:
         data = [d for d in data if d.model == args.model_filter]
+    if args.family:
+        from .predictor.family import family_of
+
+        data = [d for d in data if family_of(d.layers) == args.family]
+    if not data:
+        raise SystemExit(f"zest train-predictor: no model-task in {args.data} matches --model-filter "
+                         f"{args.model_filter!r} / --family {args.family!r}; `zest study --data {args.data}` lists them")
     metrics = [] if args.prior_only else (args.metrics.split(",") if args.metrics else default_columns())
     pred = train_predictor(data, metrics, arch=args.arch, normalization=args.normalization, steps=args.steps,
                            depth_knots=args.depth_knots, seed=args.seed)
@@ -361,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=None, help="comma list of probe columns (default: every default column)")
     p.add_argument("--prior-only", action="store_true", help="data-free prior: type, depth, size only")
     p.add_argument("--model-filter", default=None, help="train on this model's data only")
+    p.add_argument("--family", default=None, choices=["decoder", "other"],
+                   help="train on one architecture family's data only (decoder: Llama-style, a gated MLP; other: the "
+                        "rest); predictors/zest-decoder is --family decoder")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--held-out", default=None, help="markdown file of held-out figures for the card")

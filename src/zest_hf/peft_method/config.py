@@ -88,8 +88,11 @@ class ZestConfig(JsonSerializable, PeftConfig):
             LoRA scaling numerator, the update is scaled by `lora_alpha / r` (mode `"lora"` only).
         lora_dropout (`float`, defaults to 0.0):
             Dropout on the LoRA branch's input (mode `"lora"` only).
-        predictor (`str`, defaults to `"zest-universal"`):
-            What ranks the layers: a bundled predictor name, a local directory, a Hub repo id,
+        predictor (`str`, defaults to `"auto"`):
+            What ranks the layers: `"auto"`, the bundled predictor of the model's architecture family
+            (`"zest-decoder"`, trained on Llama-style decoders, for a model whose candidates include a gated MLP;
+            `"zest-universal"`, trained on every model, for any other), a bundled predictor name, a local directory, a
+            Hub repo id,
             `"metric:<probe column>"` (e.g. `"metric:grad_norm"`) to rank by one zero-shot metric, largest first, or
             `"spectrum"`: Spectrum's data-free choice (per projection type, the layers whose singular values stand
             furthest above the Marchenko-Pastur noise edge; every type gets the same share of the budget).
@@ -145,7 +148,8 @@ class ZestConfig(JsonSerializable, PeftConfig):
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (mode 'lora')."})
     predictor: Optional[str] = field(
         default=DEFAULT_PREDICTOR,
-        metadata={"help": "Predictor name, directory or Hub id, or 'metric:<probe column>'."},
+        metadata={"help": "'auto' (the bundled predictor of the model's family), a predictor name, directory or Hub "
+                          "id, 'metric:<probe column>' or 'spectrum'."},
     )
     predictor_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the predictor."})
     modules_to_save: Optional[list[str]] = field(

@@ -4,7 +4,8 @@ One function, :func:`load_predictor`, resolves all three, in this order:
 
 1. an existing local directory holding ``config.json`` + ``model.safetensors``;
 2. the name of a predictor bundled with zest_hf (``predictors/<name>/`` in a source checkout, or any directory in
-   ``$ZEST_HF_PREDICTORS``): works offline, and :data:`DEFAULT_PREDICTOR` is the default everywhere;
+   ``$ZEST_HF_PREDICTORS``): works offline. :data:`DEFAULT_PREDICTOR` (``"auto"``, the default everywhere) is the
+   bundled predictor of the candidates' architecture family (:mod:`.family`);
 3. a Hub repo id (``owner/name``), with an optional ``revision`` (pin it for reproducible selections), downloaded and
    cached by huggingface_hub. Only ``config.json`` and ``model.safetensors`` are fetched; nothing is unpickled.
 """
@@ -18,9 +19,10 @@ from pathlib import Path
 from ..defaults import DEFAULT_PREDICTOR
 from ..errors import PredictorError, PredictorNotFoundError
 from .card import write_card
+from .family import AUTO, POOLED_PREDICTOR, predictor_for
 from .model import ZestPredictor
 
-__all__ = ["load_predictor", "bundled_predictors", "push_predictor", "write_card", "DEFAULT_PREDICTOR",
+__all__ = ["load_predictor", "resolve_name", "bundled_predictors", "push_predictor", "write_card", "DEFAULT_PREDICTOR",
            "PredictorNotFoundError"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -46,12 +48,24 @@ def bundled_predictors() -> dict[str, Path]:
     return found
 
 
+def resolve_name(name_or_path: str | os.PathLike | None, layers=None) -> str:
+    """The predictor a name stands for: ``None`` (:data:`DEFAULT_PREDICTOR`) and ``"auto"`` are the bundled predictor
+    of the family of ``layers`` (probe layer records or canonical types), and stay ``"auto"`` without them; anything
+    else is returned as given."""
+    name = str(name_or_path) if name_or_path is not None else DEFAULT_PREDICTOR
+    return predictor_for(layers) if name == AUTO and layers is not None else name
+
+
 def load_predictor(name_or_path: str | os.PathLike | ZestPredictor | None = None, revision: str | None = None,
-                   **hub_kwargs) -> ZestPredictor:
-    """Resolve and load a predictor (see the module docstring). ``None`` means :data:`DEFAULT_PREDICTOR`."""
+                   layers=None, **hub_kwargs) -> ZestPredictor:
+    """Resolve and load a predictor (see the module docstring). ``None`` means :data:`DEFAULT_PREDICTOR`; ``layers``
+    (the candidates, as probe layer records or canonical types) picks the family's predictor for ``"auto"``, which
+    without them is the pooled predictor that serves any model."""
     if isinstance(name_or_path, ZestPredictor):
         return name_or_path
-    name = str(name_or_path) if name_or_path is not None else DEFAULT_PREDICTOR
+    name = resolve_name(name_or_path, layers)
+    if name == AUTO:
+        name = POOLED_PREDICTOR
     path = Path(name).expanduser()
     if path.is_dir():
         _check_files(path)

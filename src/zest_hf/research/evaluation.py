@@ -35,6 +35,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
                       "pip install 'zest_hf[research]'") from None
 
 from ..metrics import default_columns
+from ..predictor.family import family_of
 from ..predictor.train import ModelTask, top_k_precision, train_predictor
 from ..probe import ProbeResult
 from .records import HEAD_ONLY
@@ -76,8 +77,8 @@ class Variant:
 
 
 def is_decoder(task: ModelTask) -> bool:
-    """A Llama-style decoder's model-task: its projections include a gated MLP's ``gate``."""
-    return any(layer["type"] == "gate" for layer in task.layers)
+    """A Llama-style decoder's model-task (:func:`zest_hf.predictor.family.family_of`)."""
+    return family_of(task.layers) == "decoder"
 
 
 def top_types(scores, task: ModelTask, k: int = 5) -> str:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..predictor.hub import load_predictor
+from ..predictor.family import AUTO
+from ..predictor.hub import load_predictor, resolve_name
 from ..serialization import JsonSerializable, check_keys
 from ..probe.result import ProbeResult
 from ..probe.run import probe
@@ -50,12 +51,14 @@ def rank_probe(result: ProbeResult, predictor=None, revision: str | None = None)
         return _rank_result_by_column(result, predictor)
     if predictor == SPECTRUM:
         return _rank_result_spectrum(result)
+    if not isinstance(predictor, nn.Module):
+        predictor = resolve_name(predictor, result.layers)
     pred = load_predictor(predictor, revision=revision)
     scores = pred.score(result)
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
     keys = ("name", "type", "block", "depth", "num_params")
     layers = [dict({k: result.layers[i][k] for k in keys}, score=float(scores[i])) for i in order]
-    label = str(predictor) if predictor is not None else "default"
+    label = str(predictor) if not isinstance(predictor, nn.Module) else "given"
     meta = {"probe": result.meta, "predictor_metrics": pred.metrics, "revision": revision}
     return Ranking(layers=layers, predictor=label, meta=meta)
 
@@ -67,8 +70,10 @@ def rank(model: nn.Module, batch, predictor=None, *, revision: str | None = None
         model: Any transformers model with a loss head; left exactly as it was.
         batch: One collated batch (with ``labels`` unless a causal LM).
         predictor: A :class:`~zest_hf.predictor.ZestPredictor`, a local directory, a bundled name, or a Hub repo
-            id; ``None`` for the bundled default; ``"metric:<column>"`` to rank by one probe column; or
-            ``"spectrum"`` for Spectrum's data-free choice (the batch is not used).
+            id; ``None`` or ``"auto"`` for the bundled predictor of the model's family (``zest-decoder`` for a
+            Llama-style decoder, ``zest-universal`` otherwise: :mod:`zest_hf.predictor.family`);
+            ``"metric:<column>"`` to rank by one probe column; or ``"spectrum"`` for Spectrum's data-free choice
+            (the batch is not used).
         revision: Hub revision of the predictor (pin it for reproducible selections).
         **probe_kwargs: Passed to :func:`zest_hf.probe` (``targets``, ``target_modules``, ``seed``...).
 
@@ -81,11 +86,19 @@ def rank(model: nn.Module, batch, predictor=None, *, revision: str | None = None
         return _rank_by_column(model, batch, predictor, **probe_kwargs)
     if predictor == SPECTRUM:
         return _rank_result_spectrum(probe(model, batch, ["spectral"], **probe_kwargs))
+    if not isinstance(predictor, nn.Module) and resolve_name(predictor) == AUTO:
+        # "auto": the family is in the candidates' types, known before the probe (which needs the metrics)
+        if probe_kwargs.get("targets") is None:
+            from ..targets import find_targets
+
+            probe_kwargs["targets"] = find_targets(model, probe_kwargs.pop("target_modules", None),
+                                                   probe_kwargs.pop("exclude_modules", None))
+        predictor = resolve_name(predictor, [t.type for t in probe_kwargs["targets"]])
     pred = load_predictor(predictor, revision=revision)
     metrics = _metrics_for(pred.metrics)
     result = probe(model, batch, metrics, **probe_kwargs)
     r = rank_probe(result, pred, revision=revision)
-    r.predictor = str(predictor) if predictor is not None and not isinstance(predictor, nn.Module) else "default"
+    r.predictor = str(predictor) if not isinstance(predictor, nn.Module) else "given"
     return r
 
 

@@ -34,7 +34,8 @@ class DemoConfig:
         model: ``minilm`` (packaged, offline), a Hub id or a local path of a sequence-classification-capable encoder.
         task: A classification task name (``bbc_news``, ``twitter_sentiment``, ``bigbench:<task>``).
         top_k: Layers ZEST trains (plus the new task head).
-        predictor: Bundled predictor name, directory, Hub id, or ``metric:<probe column>``.
+        predictor: ``"auto"`` (the bundled predictor of the model's family), a bundled predictor name, directory,
+            Hub id, or ``metric:<probe column>``.
         steps: Optimizer steps of the fine-tuning.
         batch_size: Training examples per step; the probe batch has the same size.
         max_length: Tokens per example.

@@ -31,8 +31,8 @@ class SparseZOConfig(JsonSerializable):
             ``zest_hf.find_targets`` knows for the architecture.
         zest_top_k: Restrict the mask to ZEST's top-k layers for the task, chosen from one training batch with
             ``predictor`` (the two ideas combined). ``None``: the mask may fall anywhere in the candidates.
-        predictor: ZEST predictor used when ``zest_top_k`` is set (bundled name, directory, Hub id or
-            ``metric:<column>``).
+        predictor: ZEST predictor used when ``zest_top_k`` is set (``"auto"``: the bundled one of the model's
+            family; a bundled name, directory, Hub id or ``metric:<column>``).
         quantize: ``"nf4"`` (default) or ``"fp4"``: every candidate projection's frozen weights are held in 4 bit
             by bitsandbytes; ``None`` keeps them in the model's precision (for comparisons).
         blocksize: Quantisation block size (bitsandbytes: 64 is its default for 4 bit).

@@ -540,10 +540,14 @@ def _cost_batch(model_name: str):
     method (and the selection worker) sees exactly the same tokens."""
     import torch
 
+    from zest_hf.tasks import load_task
     from zest_hf.workflow import prepare
 
     budget = budget_of(model_name)
-    prep = prepare(model_name, budget["tasks"][0], batch_size=budget["batch_size"],
+    # the head the accuracy phase trains on this task (a decoder's classification task gets a classification head,
+    # where prepare's default would keep the LM head)
+    head = head_kind(model_name, load_task(budget["tasks"][0]))
+    prep = prepare(model_name, budget["tasks"][0], head=head, batch_size=budget["batch_size"],
                    max_length=budget["max_length"], seed=0)
     batch = dict(prep.batch)
     pad = budget["max_length"] - batch["input_ids"].shape[1]

@@ -201,7 +201,8 @@ def _cmd_train_predictor(args) -> int:
         data = [d for d in data if family_of(d.layers) == args.family]
     if not data:
         raise SystemExit(f"zest train-predictor: no model-task in {args.data} matches --model-filter "
-                         f"{args.model_filter!r} / --family {args.family!r}; `zest study --data {args.data}` lists them")
+                         f"{args.model_filter!r} / --family {args.family!r}; "
+                         f"`zest study --data {args.data}` lists them")
     metrics = [] if args.prior_only else (args.metrics.split(",") if args.metrics else default_columns())
     pred = train_predictor(data, metrics, arch=args.arch, normalization=args.normalization, steps=args.steps,
                            depth_knots=args.depth_knots, seed=args.seed)

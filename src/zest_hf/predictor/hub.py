@@ -22,8 +22,8 @@ from .card import write_card
 from .family import AUTO, POOLED_PREDICTOR, predictor_for
 from .model import ZestPredictor
 
-__all__ = ["load_predictor", "resolve_name", "bundled_predictors", "push_predictor", "write_card", "DEFAULT_PREDICTOR",
-           "PredictorNotFoundError"]
+__all__ = ["load_predictor", "resolve_name", "bundled_predictors", "push_predictor", "write_card",
+           "DEFAULT_PREDICTOR", "PredictorNotFoundError"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

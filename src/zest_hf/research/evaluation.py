@@ -2,7 +2,8 @@
 
 Protocols: leave-one-task-out within each model (train on the model's other tasks), leave-one-model-out (train
 on every task of the other models), and leave-one-task-out over all models (train on every model's data with the
-held-out task removed from all of them: how the bundled predictor meets a new task). For each held-out model-task:
+held-out task removed from all of them: how the pooled ``zest-universal`` meets a new task; the decoders'
+``zest-decoder`` meets one as the first protocol does on a decoder). For each held-out model-task:
 Kendall tau and top-5 precision against the ground truth, for
 
 * each predictor variant (``arch`` x ``normalization``), and linear/rank on the metrics alone (``/no-prior``);

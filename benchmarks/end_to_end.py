@@ -160,12 +160,11 @@ def model_family(model: str) -> str:
     return family_of(ProbeResult.from_json(probes[0]).layers) if probes else "other"
 
 
-def selectors_dir(out_dir: Path, task: str, model: str | None = None) -> Path:
+def selectors_dir(out_dir: Path, task: str, family: str = "other") -> Path:
     """Where the leave-one-task-out predictor and ``selection_info.json`` of ``task`` live: one per task for the
     pooled predictor (shared by the models that have the task), one per family and task for a decoder's."""
     from zest_hf.contrib import task_slug
 
-    family = model_family(model) if model is not None else "other"
     return out_dir / "predictors" / (f"loto-{task_slug(task)}" if family == "other"
                                      else f"loto-{family}-{task_slug(task)}")
 
@@ -178,15 +177,15 @@ def loto_selectors(model: str, task: str, out_dir: Path, arch: str, normalizatio
     from zest_hf.evaluation import FEATURES, best_single_metric, is_decoder, load_model_tasks
     from zest_hf.predictor import train_predictor
 
-    d = selectors_dir(out_dir, task, model)
+    family = model_family(model)
+    d = selectors_dir(out_dir, task, family)
     info_path = d / "selection_info.json"
     if info_path.exists():
         info = json.loads(info_path.read_text())
         info["predictor"] = str(d)  # where it is in this checkout (the file may hold another machine's path)
         return info
     data = load_model_tasks(ROOT / "predictors" / "data")
-    decoder = model_family(model) == "decoder"
-    train = [m for m in data if m.task != task and (not decoder or is_decoder(m))]
+    train = [m for m in data if m.task != task and (family != "decoder" or is_decoder(m))]
     if not train:
         raise SystemExit(f"no ground truth without {task}: collect other tasks first (scripts/collect_ground_truth.py)")
     pred = train_predictor(train, FEATURES, arch=arch, normalization=normalization, seed=0)
@@ -194,7 +193,7 @@ def loto_selectors(model: str, task: str, out_dir: Path, arch: str, normalizatio
     col, sign = best_single_metric(train, FEATURES)
     info = {"predictor": str(d), "single": f"metric:{'-' if sign < 0 else ''}{col}",
             "trained_on": [m.key for m in train], "arch": arch, "normalization": normalization,
-            "depth_knots": pred.depth_knots, "seed": 0, "family": model_family(model)}
+            "depth_knots": pred.depth_knots, "seed": 0, "family": family}
     info_path.write_text(json.dumps(info, indent=1))
     return info
 
@@ -566,7 +565,7 @@ def select_worker(model_name: str, method_name: str, out_dir: Path) -> dict:
     import zest_hf
 
     model, batch = _cost_batch(model_name)
-    d = selectors_dir(out_dir, budget_of(model_name)["tasks"][0], model_name)
+    d = selectors_dir(out_dir, budget_of(model_name)["tasks"][0], model_family(model_name))
     selectors = {**json.loads((d / "selection_info.json").read_text()), "predictor": str(d)}
     cfg = zest_config(BY_NAME[method_name], model, selectors, None, 0)
     return {"config": zest_hf.select(model, batch, cfg).to_json()}

@@ -145,6 +145,22 @@ def test_targets_compare_zest_against_full_ft_and_random_over_finished_tasks():
     assert mod._targets(pd.DataFrame(), pd.DataFrame()) == []
 
 
+def test_targets_compare_a_method_only_on_the_tasks_it_shares_with_the_other():
+    import pandas as pd
+
+    mod = _bench()
+    # the cost-aware variant ran on task a only: its 82 is set against full FT's 81 on a, not the two-task mean 80.5
+    task_means = pd.DataFrame([
+        {"model": "toy", "task": t, "method": m, "acc": a}
+        for t, accs in (("a", {"full FT": 81.0, "ZEST@5": 82.0, "ZEST@5 cost 0.5": 79.5}),
+                        ("b", {"full FT": 80.0, "ZEST@5": 78.0}))
+        for m, a in accs.items()])
+    rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]]
+            for l in mod._targets(task_means, pd.DataFrame()) if l.startswith("| ZEST")}
+    assert rows["ZEST@5 cost 0.5: mean test acc. %, toy (1 task), vs full FT -1"] == ["79.5", ">= 80.0", "no"]
+    assert rows["ZEST@5: mean test acc. %, all models (2 tasks), vs full FT -1"] == ["80.0", ">= 79.5", "yes"]
+
+
 def _cell_rows(mod, accs: dict, tasks: dict) -> list[dict]:
     """Run lines at one rate: ``accs[method](task, seed)`` is the test accuracy of each cell."""
     kb = mod.key_budget("toy")

@@ -5,10 +5,10 @@
    FLOP) and two memory constants (a fixed part, an activation factor) are fitted per model on full fine-tuning and
    head only, then predict the rest. Ratio predicted / measured per method.
 2. Scale: Llama-3-8B- and 70B-shaped configs, bf16 mixed precision, batch 8 x 2048 tokens, 1 and 8 shards: FLOPs,
-   time at an assumed rate, peak memory per device, for full FT, LoRA r=16 on every projection, ZEST@5/@10 (plain:
-   backward to depth 0.23, as SmolLM2's ZEST@5 reached; cost-aware: depth 0.53), QLoRA on every projection, ZEST-QLoRA
-   @10 and sparse ZO (0.1 %, NF4 base). The selections are up_proj layers at those depths (what matters for cost is
-   how many parameters train and how deep the backward goes).
+   time at an assumed rate, peak memory per device, for full FT, LoRA r=16 on every projection, ZEST@5/@10 (plain
+   and cost-aware), QLoRA on every projection, ZEST-QLoRA@10 and sparse ZO (0.1 %, NF4 base). The selections are
+   up_proj layers from the relative depth of the lowest layer that ZEST@5 (and ZEST@5 cost 0.5) selected on SmolLM2
+   in Table 4 (what matters for cost is how many parameters train and how deep the backward goes).
 
     python benchmarks/cost_model.py          # writes benchmarks/results/cost_model.{md,json,png}
 """
@@ -44,17 +44,19 @@ def block_type(name: str) -> tuple[int, str]:
     return block, kind
 
 
-def method_of(row: dict, arch) -> "object":
+def method_of(row: dict, arch) -> "object | None":
     from zest_hf.research.cost import Method
 
     name, sel = row["method"], [block_type(n) for n in (row.get("selected") or [])]
+    if name == "LISA":
+        return None  # it trains the embedding matrix, which the cost model does not count
     every = tuple((b, t) for b in range(arch.blocks) for t in arch.types)
     if name == "full FT":
         return Method(name, full=True)
     if name == "head only":
         return Method(name, head=True)
-    if name == "LoRA all":
-        return Method(name, lora=every, head=True)
+    if name in ("LoRA all", "LoRA r16 all"):
+        return Method(name, lora=every, lora_rank=16 if "r16" in name else 8, head=True)
     if name.startswith("LoRA"):
         return Method(name, lora=tuple(sel), head=True)
     return Method(name, trained=tuple(sel), head=True)
@@ -71,7 +73,7 @@ def validate() -> list[dict]:
     for model in sorted({r["model"] for r in rows}):
         cfg = transformers.AutoConfig.from_pretrained(resolve_model(model))
         arch = Arch.from_config(cfg, lm_head=False)  # Table 4 trains classification tasks: a small head
-        mine = [r for r in rows if r["model"] == model]
+        mine = [r for r in rows if r["model"] == model and method_of(r, arch) is not None]
         costs = {r["method"]: step_cost(arch, method_of(r, arch), *r["batch"]) for r in mine}
         calib = [r for r in mine if r["method"] in ("full FT", "head only")]
         def measured_step(r):
@@ -94,9 +96,26 @@ def validate() -> list[dict]:
     return out
 
 
+def measured_depth(method: str, model: str = "smollm2") -> float:
+    """Relative depth (0 = first block) of the lowest layer ``method`` selected on ``model`` in Table 4: how deep its
+    backward had to go, carried to the 8B / 70B shapes."""
+    import transformers
+
+    from zest_hf.models import resolve_model
+
+    rows = [json.loads(l) for l in (HERE / "results" / "end_to_end" / "cost.jsonl").read_text().splitlines() if l]
+    row = next((r for r in rows if r["model"] == model and r["method"] == method and r.get("selected")), None)
+    if row is None:
+        raise SystemExit(f"cost_model: no {method} row with a selection for {model} in cost.jsonl; run "
+                         f"`python benchmarks/end_to_end.py --models {model} --phase cost --methods \"{method}\"`")
+    blocks = transformers.AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers
+    return min(block_type(n)[0] for n in row["selected"]) / (blocks - 1)
+
+
 def scale_table(batch: int = 8, seq: int = 2048) -> list[dict]:
     from zest_hf.research.cost import Arch, Method, step_cost
 
+    plain, aware = measured_depth("ZEST@5"), measured_depth("ZEST@5 cost 0.5")
     out = []
     for label, spec in LLAMA.items():
         arch = Arch(**spec, gated=True, lm_head=True)
@@ -109,11 +128,11 @@ def scale_table(batch: int = 8, seq: int = 2048) -> list[dict]:
             return tuple((b, "up") for b in blocks)
 
         methods = [Method("full FT", full=True), Method("LoRA-all r=16", lora=every, lora_rank=16, base_bytes=2),
-                   Method("ZEST@5", trained=ups(5, 0.23), base_bytes=2),
-                   Method("ZEST@10", trained=ups(10, 0.23), base_bytes=2),
-                   Method("ZEST@5 cost-aware", trained=ups(5, 0.53), base_bytes=2),
+                   Method("ZEST@5", trained=ups(5, plain), base_bytes=2),
+                   Method("ZEST@10", trained=ups(10, plain), base_bytes=2),
+                   Method("ZEST@5 cost-aware", trained=ups(5, aware), base_bytes=2),
                    Method("QLoRA-all r=16", lora=every, lora_rank=16, base_bytes=0.52),
-                   Method("ZEST-QLoRA@10 r=16", lora=ups(10, 0.23), lora_rank=16, base_bytes=0.52),
+                   Method("ZEST-QLoRA@10 r=16", lora=ups(10, plain), lora_rank=16, base_bytes=0.52),
                    Method("sparse ZO 0.1 %", sparse_zo=0.001, base_bytes=0.52)]
         full = step_cost(arch, methods[0], batch, seq, mixed_precision=True)
         for m in methods:
@@ -152,11 +171,15 @@ def main() -> int:
             f"{m}: forward {g['fwd_gflop_per_s'].iloc[0]:.1f} GFLOP/s, backward {g['bwd_gflop_per_s'].iloc[0]:.1f} "
             f"GFLOP/s, fixed {g['fixed_mb'].iloc[0]:.0f} MB, activation factor {g['act_factor'].iloc[0]:.2f}"
             for m, g in val.groupby("model")) + ". At 8B/70B below no fitted constant is used (factor 1, no fixed "
-        "part, one FLOP rate).", "",
+        "part, one FLOP rate). LISA's rows are left out: its step trains the embedding matrix, which the model does "
+        "not count.", "",
         v.to_markdown(index=False), "", "Predicted / measured over the unfitted methods:", "",
         summary.to_markdown(), "",
         f"## Llama-3-8B and -70B shapes: bf16 mixed precision, batch 8 x 2048, one device (time at an assumed "
-        f"{RATE_ASSUMED / 1e12:.0f} TFLOP/s)", "", s1.to_markdown(index=False), "",
+        f"{RATE_ASSUMED / 1e12:.0f} TFLOP/s)", "",
+        f"ZEST's up_proj layers start at relative depth {measured_depth('ZEST@5'):.2f} (cost-aware: "
+        f"{measured_depth('ZEST@5 cost 0.5'):.2f}), the lowest layer ZEST@5 selected on SmolLM2 in Table 4.", "",
+        s1.to_markdown(index=False), "",
         "## Peak memory per device (GB) with 8 shards (FSDP2 / ZeRO-3: weights, gradients, optimizer state / 8)", "",
         s8.to_markdown(), ""])
     (res / "cost_model.md").write_text(text)

@@ -736,7 +736,9 @@ def report(out_dir: Path) -> str:
     task_means = []  # (model, task, method, mean test accuracy %) over the tasks every method has finished
     final = final_runs(runs)
     paired = paired_rows(final)
-    anchor_names = ["head only", "full FT", "LoRA all"] + [m.name for m in METHODS if m.name not in TABLE3]
+    # ZEST@5 and ZEST@10 (the top-k a user sets) join the sweep as two more of ZEST's budgets
+    anchor_names = (["head only", "full FT", "LoRA all", "ZEST@5", "ZEST@10"]
+                    + [m.name for m in METHODS if m.name not in TABLE3])
     if not final.empty:
         for model_name, g in final.groupby("model"):
             for title, names in (("Table 3", TABLE3), ("Table 5, the anchors and the budget sweep", anchor_names)):
@@ -910,7 +912,10 @@ def _pareto(anchors, cost, path: Path) -> None:
     families = {"ZEST": "C0", "Spectrum": "C1", "Random": "C3", "ZEST cost": "C9"}
 
     def family(name: str):
-        """``(family, budget label)`` of a sweep method's name ("ZEST 3% cost 0.5" -> "ZEST cost", "3%"), else None."""
+        """``(family, budget label)`` of a sweep method's name ("ZEST 3% cost 0.5" -> "ZEST cost", "3%"; "ZEST@5" ->
+        "ZEST", "@5"), else None."""
+        if re.fullmatch(r"ZEST@\d+", name):
+            return "ZEST", name[4:]
         m = re.fullmatch(r"(ZEST|Spectrum|Random) ([0-9.]+%)( matched| cost 0\.5)?", name)
         if m is None:
             return None

@@ -219,7 +219,8 @@ def test_report_draws_the_forest_and_pareto_plots_and_checks_zests_memory_agains
     tasks = {"a": 0.7, "b": 0.5}
     accs = {m: (lambda base: (lambda t, s: tasks[t] + base + 0.01 * s))(base)
             for m, base in (("head only", -0.2), ("full FT", 0.05), ("LoRA all", 0.04), ("ZEST 10%", 0.03),
-                            ("Spectrum 10%", 0.0), ("Random 10% matched", 0.01), ("ZEST 3%", 0.02))}
+                            ("Spectrum 10%", 0.0), ("Random 10% matched", 0.01), ("ZEST 3%", 0.02),
+                            ("ZEST@5", 0.025))}
     rows = _cell_rows(mod, accs, tasks)
     for r in rows:
         r["model"], r["budget"] = "smollm2", mod.key_budget("smollm2")
@@ -229,7 +230,7 @@ def test_report_draws_the_forest_and_pareto_plots_and_checks_zests_memory_agains
              "threads": 1, "times_s": [t]}
             for m, t, p in (("full FT", 10.0, 1000.0), ("LoRA all", 7.0, 700.0), ("ZEST 10%", 4.0, 500.0),
                             ("Spectrum 10%", 4.0, 480.0), ("Random 10% matched", 3.5, 470.0), ("ZEST 3%", 3.0, 400.0),
-                            ("head only", 2.0, 300.0))]
+                            ("ZEST@5", 3.5, 450.0), ("head only", 2.0, 300.0))]
     (tmp_path / "cost.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cost))
     text = mod.report(tmp_path)
     for f in ("forest.png", "pareto.png"):
@@ -237,7 +238,9 @@ def test_report_draws_the_forest_and_pareto_plots_and_checks_zests_memory_agains
     memory_row = ("| ZEST 10% step peak memory vs LoRA all, smollm2 | 0.71x, accuracy -1.0 [-1.0, -1.0] points | <= 1x "
                   "| yes |")
     assert memory_row in text
-    assert "| 10.0% " in text.split("## Table 5")[1]  # the selections' share of the projections
+    table5 = text.split("## Table 5")[1].split("##")[0]
+    assert "| 10.0% " in table5  # the selections' share of the projections
+    assert "| ZEST@5 " in table5  # the top-k a user sets is one more of ZEST's budgets there
 
 
 def test_lr_table_compares_a_methods_rates_on_the_same_tasks_of_the_current_design(tmp_path):

@@ -62,19 +62,24 @@ def method_of(row: dict, arch) -> "object | None":
     return Method(name, trained=tuple(sel), head=True)
 
 
-def validate() -> list[dict]:
+def cost_rows() -> list[dict]:
+    """Table 4's rows (``end_to_end.py``'s cost phase): one training step of each model and method."""
+    return [json.loads(l) for l in (HERE / "results" / "end_to_end" / "cost.jsonl").read_text().splitlines() if l]
+
+
+def validate(rows: list[dict]) -> list[dict]:
     import transformers
 
     from zest_hf.models import resolve_model
     from zest_hf.research.cost import Arch, fit_memory, fit_rate, step_cost
 
-    rows = [json.loads(l) for l in (HERE / "results" / "end_to_end" / "cost.jsonl").read_text().splitlines() if l]
     out = []
     for model in sorted({r["model"] for r in rows}):
         cfg = transformers.AutoConfig.from_pretrained(resolve_model(model))
         arch = Arch.from_config(cfg, lm_head=False)  # Table 4 trains classification tasks: a small head
-        mine = [r for r in rows if r["model"] == model and method_of(r, arch) is not None]
-        costs = {r["method"]: step_cost(arch, method_of(r, arch), *r["batch"]) for r in mine}
+        methods = {r["method"]: method_of(r, arch) for r in rows if r["model"] == model}
+        mine = [r for r in rows if r["model"] == model and methods[r["method"]] is not None]
+        costs = {r["method"]: step_cost(arch, methods[r["method"]], *r["batch"]) for r in mine}
         calib = [r for r in mine if r["method"] in ("full FT", "head only")]
         def measured_step(r):
             return (r["peak_rss_mb"] - r["base_rss_mb"]) * 2**20
@@ -96,14 +101,13 @@ def validate() -> list[dict]:
     return out
 
 
-def measured_depth(method: str, model: str = "smollm2") -> float:
+def measured_depth(rows: list[dict], method: str, model: str = "smollm2") -> float:
     """Relative depth (0 = first block) of the lowest layer ``method`` selected on ``model`` in Table 4: how deep its
     backward had to go, carried to the 8B / 70B shapes."""
     import transformers
 
     from zest_hf.models import resolve_model
 
-    rows = [json.loads(l) for l in (HERE / "results" / "end_to_end" / "cost.jsonl").read_text().splitlines() if l]
     row = next((r for r in rows if r["model"] == model and r["method"] == method and r.get("selected")), None)
     if row is None:
         raise SystemExit(f"cost_model: no {method} row with a selection for {model} in cost.jsonl; run "
@@ -149,8 +153,9 @@ def scale_table(plain: float, aware: float, batch: int = 8, seq: int = 2048) -> 
 def main() -> int:
     import pandas as pd
 
-    val = pd.DataFrame(validate())
-    plain, aware = measured_depth("ZEST@5"), measured_depth("ZEST@5 cost 0.5")
+    rows = cost_rows()
+    val = pd.DataFrame(validate(rows))
+    plain, aware = measured_depth(rows, "ZEST@5"), measured_depth(rows, "ZEST@5 cost 0.5")
     scale = pd.DataFrame(scale_table(plain, aware))
     res = HERE / "results"
     (res / "cost_model.json").write_text(json.dumps({"validation": val.to_dict("records"),

@@ -844,18 +844,15 @@ def _targets(task_means, cost, paired=()) -> list:
         scopes = [(m, task_means[task_means["model"] == m]) for m in sorted(task_means["model"].unique())]
         scopes.append(("all models", task_means))
         for scope, g in scopes:
-            acc = g.set_index(["model", "task", "method"])["acc"]
-            for zest in (z for z in zests if z in set(g["method"])):
+            wide = g.pivot_table(index=["model", "task"], columns="method", values="acc")
+            for zest in (z for z in zests if z in wide):
                 for other, margin in (("full FT", -1.0), ("Random@5", 2.0)):
                     # both means over the tasks both methods finished, so that they compare the same tasks
-                    cols = ["model", "task"]
-                    both = g[g["method"] == zest][cols].merge(g[g["method"] == other][cols])
+                    both = wide[[zest, other]].dropna() if other in wide else wide.iloc[:0]
                     if both.empty:
                         continue
-                    keys = list(both.itertuples(index=False, name=None))
-                    mz = acc.loc[[(*k, zest) for k in keys]].mean()
-                    mo = acc.loc[[(*k, other) for k in keys]].mean()
-                    n, goal = len(keys), mo + margin
+                    mz, mo = both[zest].mean(), both[other].mean()
+                    n, goal = len(both), mo + margin
                     rows.append(f"| {zest}: mean test acc. %, {scope} ({n} task{'s' * (n > 1)}), vs {other} "
                                 f"{margin:+.0f} | {mz:.1f} | >= {goal:.1f} | {'yes' if mz >= goal else 'no'} |")
     if not cost.empty:

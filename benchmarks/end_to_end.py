@@ -657,10 +657,14 @@ def final_runs(runs):
     return pd.DataFrame(runs.merge(best, on=["model", "task", "method", "lr"]))
 
 
-def accuracy_table(g, names: list[str]):
+def accuracy_table(g, names: list[str], every_task: bool = False):
     """Test accuracy of ``names`` on one model's tasks: mean ± std over seeds per task, the mean over the tasks
     every listed method has finished with >= MIN_SEEDS seeds (so that every method's mean runs over the same tasks),
-    the seed count and the trainable share. Returns ``(table, complete tasks, method x task means)``."""
+    the seed count and the trainable share. Returns ``(table, complete tasks, method x task means)``.
+
+    ``every_task``: the mean runs over every task of the study instead, and a method that has not finished all of
+    them gets none (a method still running would otherwise shrink everyone's mean to the tasks it reached); a
+    ``tasks`` column counts the tasks each has finished."""
     import pandas as pd
 
     g = g[g["method"].isin(names)]
@@ -669,10 +673,14 @@ def accuracy_table(g, names: list[str]):
     t = cell.unstack("task").fillna("")  # a run not there yet: blank
     order = [n for n in names if n in agg.index.get_level_values("method")]
     done = agg["count"].unstack("task").reindex(order)
-    complete = [c for c in done.columns if (done[c] >= MIN_SEEDS).all()]
+    finished = done >= MIN_SEEDS
+    complete = list(done.columns) if every_task else [c for c in done.columns if finished[c].all()]
     task_mean = agg["mean"].unstack("task")
     t.columns = [c.replace("bigbench:", "") for c in t.columns]
     t["mean"] = (task_mean[complete].mean(axis=1) * 100).round(1)
+    if every_task:
+        t["mean"] = t["mean"].where(finished.all(axis=1))
+        t["tasks"] = finished.sum(axis=1).astype(int).astype(str) + f"/{len(complete)}"
     t["seeds"] = agg["count"].groupby("method").min()
     tr = g.groupby("method")[["trainable_wo_head", "total_params"]].first()
     t["trainable (w/o head)"] = (tr["trainable_wo_head"] / tr["total_params"] * 100).round(3).astype(str) + "%"
@@ -680,6 +688,15 @@ def accuracy_table(g, names: list[str]):
         share = (pd.to_numeric(g["selected_params"]) / g["projection_params"]).groupby(g["method"]).mean()
         t["of projections"] = share.map(lambda v: f"{v * 100:.1f}%" if np.isfinite(v) else "")
     return t.reindex(order), complete, task_mean
+
+
+def gap_to_full(g):
+    """Each method's mean paired difference to full fine-tuning (points) over the (task, seed) cells both have:
+    what the Pareto plot draws, comparable between methods that have reached different tasks."""
+    cells = g.pivot_table(index=["task", "seed"], columns="method", values="test_acc")
+    if "full FT" not in cells:
+        return {}
+    return {m: ((cells[m] - cells["full FT"]).dropna() * 100).mean() for m in cells.columns}
 
 
 def comparisons() -> list[tuple[str, str]]:
@@ -745,15 +762,24 @@ def report(out_dir: Path) -> str:
                 # Table 3 as it was designed, on its first MIN_SEEDS seeds, so that its methods' means stay paired
                 # while the anchors' study adds seeds to some of them
                 rows = g[g["seed"].isin(SEEDS[:MIN_SEEDS])] if title == "Table 3" else g
-                t, complete, task_mean = accuracy_table(rows, names)
+                t, complete, task_mean = accuracy_table(rows, names, every_task=title != "Table 3")
                 if t.empty or (title != "Table 3" and t.index.isin(TABLE3).all()):
                     continue
                 pending = sorted(set(rows[rows["method"].isin(names)]["task"]) - set(complete))
                 over = ", ".join(c.replace("bigbench:", "") for c in complete) or "no task yet"
-                lines += [f"## {title} ({model_name}): test accuracy %, mean ± std over seeds", "", t.to_markdown(),
-                          "", "`mean`: over " + over
-                          + (f" (fewer than {MIN_SEEDS} seeds for some method, left out of it: "
-                             f"{', '.join(pending)})" if pending else ""), ""]
+                if title == "Table 3":
+                    note = "`mean`: over " + over + (f" (fewer than {MIN_SEEDS} seeds for some method, left out of "
+                                                     f"it: {', '.join(pending)})" if pending else "")
+                else:
+                    gap = gap_to_full(rows)
+                    t["- full FT"] = t.index.map(lambda m: round(gap[m], 1) if m in gap else np.nan)
+                    note = (f"`mean`: over every task ({over}), for the methods that have finished all of them "
+                            f"(>= {MIN_SEEDS} seeds each; `tasks` counts them). `- full FT`: the mean paired "
+                            "difference to full fine-tuning in points over the task x seed cells both have, "
+                            "comparable between methods at different stages (`pareto.png` draws it).")
+                shown = t.astype(object).where(t.notna(), "")  # not there (yet): blank, not "nan"
+                lines += [f"## {title} ({model_name}): test accuracy %, mean ± std over seeds", "", shown.to_markdown(),
+                          "", note, ""]
                 t["model"] = model_name
                 if title == "Table 3":
                     table3 = pd.concat([table3, t])
@@ -792,8 +818,8 @@ def report(out_dir: Path) -> str:
             _acc_vs_memory(table3, cost, out_dir / "accuracy_vs_memory.png")
         if not anchors.empty:
             _pareto(anchors, cost, out_dir / "pareto.png")
-            lines += ["`pareto.png`: Table 5's mean accuracy against each method's step time and peak memory "
-                      "(Table 4), the budget sweep of each selection joined by a line.", ""]
+            lines += ["`pareto.png`: Table 5's paired difference to full fine-tuning against each method's step "
+                      "time and peak memory (Table 4), the budget sweep of each selection joined by a line.", ""]
     lines += _targets(pd.DataFrame(task_means), cost, paired)
     text = "\n".join(lines) + "\n"
     (out_dir / "end_to_end.md").write_text(text)
@@ -927,21 +953,26 @@ def _pareto(anchors, cost, path: Path) -> None:
             ax = axes[row][col]
             lines: dict = {}
             for i, (method, r) in enumerate(t.iterrows()):
-                if method not in c.index or np.isnan(r["mean"]):
+                y = r["- full FT"]
+                if method not in c.index or np.isnan(y):
                     continue
                 x = c.loc[method, what] / c.loc["full FT", what]
                 fam = family(method)
+                # a point that does not cover every task yet says how many it covers
+                n_done, n_all = r["tasks"].split("/")
+                partial = f" ({n_done}/{n_all} tasks)" if n_done != n_all else ""
                 if fam:
-                    lines.setdefault(fam[0], []).append((x, r["mean"], fam[1]))
+                    lines.setdefault(fam[0], []).append((x, y, fam[1] + partial))
                     continue
-                ax.scatter(x, r["mean"], marker="os^Dv<>P"[i % 8], color=f"C{(i + 4) % 10}", s=40, label=method)
+                ax.scatter(x, y, marker="os^Dv<>P"[i % 8], color=f"C{(i + 4) % 10}", s=40, label=method + partial)
             for fam, pts in lines.items():
                 pts.sort()
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", color=families[fam], label=fam, ms=5)
                 for x, y, b in pts:
                     ax.annotate(b, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
             ax.set_xlabel(f"{label} of a training step / full fine-tuning")
-            ax.set_ylabel("mean test accuracy % (Table 5's tasks)")
+            ax.set_ylabel("test accuracy - full fine-tuning's, points (paired)")
+            ax.axhline(0, color="0.8", linewidth=0.8, zorder=0)
             ax.set_title(f"{model_name}: accuracy vs {label}", fontsize=9)
             ax.legend(fontsize=6)
     fig.tight_layout()

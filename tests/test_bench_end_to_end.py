@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -262,3 +263,24 @@ def test_lr_table_compares_a_methods_rates_on_the_same_tasks_of_the_current_desi
     text = lr_table.table(tmp_path / "runs.jsonl", tmp_path / "absent.jsonl")
     # over a and c only: 3e-4 -> 30.0, 1e-3 -> 50.0; counting b or the old line would put 3e-4 ahead
     assert "| MiniLM, classification (2 tasks) | ZEST 10% | 0.0003: 30.0, **0.001: 50.0** |" in text
+
+
+def test_table5_means_every_task_and_gives_a_method_still_running_its_paired_gap_to_full_ft(tmp_path):
+    mod = _bench()
+    tasks = {"easy": 0.9, "hard": 0.3}
+    accs = {"head only": lambda t, s: tasks[t] - 0.2, "full FT": lambda t, s: tasks[t] + 0.01 * s,
+            "ZEST 10%": lambda t, s: tasks[t] - 0.02 + 0.01 * s, "ZEST 3%": lambda t, s: tasks[t] - 0.05}
+    # ZEST 3% has reached the hard task only, where every method scores low: its raw mean would look worst of all
+    rows = [r for r in _cell_rows(mod, accs, tasks) if not (r["method"] == "ZEST 3%" and r["task"] == "easy")]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table5 = mod.report(tmp_path).split("## Table 5")[1].split("\n\n")[1]
+    header, _, *body = table5.splitlines()
+    cols = [c.strip() for c in header.split("|")[1:-1]]
+    table = {r.split("|")[1].strip(): dict(zip(cols, (c.strip() for c in r.split("|")[1:-1]))) for r in body}
+    # every finished method's mean runs over both tasks, not shrunk to the one task ZEST 3% reached
+    assert float(table["full FT"]["mean"]) == round((0.9 + 0.3 + 2 * 0.01 * np.mean(mod.SEEDS)) / 2 * 100, 1)
+    assert table["ZEST 3%"]["mean"] in ("", "nan") and table["ZEST 3%"]["tasks"] == "1/2"
+    assert table["ZEST 10%"]["tasks"] == "2/2"
+    # the paired gap: ZEST 3% - full FT over the hard task's cells, -5 - the seeds' mean drift of full FT
+    assert float(table["ZEST 3%"]["- full FT"]) == round(-5 - np.mean(mod.SEEDS), 1)
+    assert float(table["ZEST 10%"]["- full FT"]) == -2.0 and float(table["full FT"]["- full FT"]) == 0.0

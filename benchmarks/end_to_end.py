@@ -87,6 +87,9 @@ BUDGETS = {
 SEEDS = [0, 1, 2, 3, 4]
 # A method's mean over tasks counts a task once the method has this many seeds there (Table 3 was run with 3).
 MIN_SEEDS = 3
+# A paired comparison is reported from this many task x seed cells (one task's seeds): a bootstrap over fewer is
+# degenerate (one cell gives a zero-width interval and a verdict it cannot support).
+MIN_CELLS = 5
 # Trainable budgets of the sweep, as fractions of the projection (candidate) parameters. The smallest is 1.5 %, not
 # 1 %: MiniLM's smallest projection alone holds 1.39 % of its projection parameters.
 SWEEP = (0.015, 0.03, 0.10, 0.30)
@@ -716,8 +719,9 @@ def comparisons() -> list[tuple[str, str]]:
 
 
 def paired_rows(final) -> list[dict]:
-    """Every comparison with data, per model and pooled over models: the mean paired difference in test accuracy
-    points over (task, seed) cells both methods have, with its 95 % bootstrap interval over the cells."""
+    """Every comparison with data (at least MIN_CELLS cells), per model and pooled over models: the mean paired
+    difference in test accuracy points over (task, seed) cells both methods have, with its 95 % bootstrap interval
+    over the cells."""
     from zest_hf.research.stats import paired_bootstrap, verdict
 
     if final.empty:
@@ -732,7 +736,7 @@ def paired_rows(final) -> list[dict]:
         if len(scopes) > 1:
             scopes.append(("all models", both))
         for scope, c in scopes:
-            if c.empty:
+            if len(c) < MIN_CELLS:
                 continue
             d = paired_bootstrap((c[a] - c[b]).to_numpy() * 100, seed=0)
             rows.append({"model": scope, "a": a, "b": b, "cells": d.n, "tasks": c.index.unique("task").size,
@@ -796,7 +800,8 @@ def report(out_dir: Path) -> str:
         lines += ["## Paired differences: test accuracy points, a - b", "",
                   "Each cell is one task and seed, both methods trained on the same data in the same order with the "
                   "same head initialisation; the interval is a 95 % percentile bootstrap over the cells (10,000 "
-                  "resamples, seed 0). win / loss: the interval lies above / below 0; tie: it holds 0. "
+                  "resamples, seed 0). win / loss: the interval lies above / below 0; tie: it holds 0. A comparison "
+                  f"with fewer than {MIN_CELLS} cells (one task's seeds) is left out until its runs are there. "
                   "`forest.png` draws them.", "",
                   p[["model", "a", "b", "tasks", "cells", "mean", "95% CI", "verdict"]].to_markdown(index=False), ""]
         _forest(pd.DataFrame(paired), out_dir / "forest.png")

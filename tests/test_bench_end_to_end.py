@@ -199,6 +199,10 @@ def test_paired_differences_pair_each_task_and_seed_and_their_interval_decides_t
     partial = final[~((final["method"] == "Spectrum 10%") & (final["seed"] == mod.SEEDS[-1]))]
     cells = {(r["a"], r["b"]): r["cells"] for r in mod.paired_rows(partial)}
     assert cells[("ZEST 10%", "Spectrum 10%")] == 3 * (len(mod.SEEDS) - 1)
+    # a comparison one run into its first task gets no interval and no verdict (one cell: a zero-width interval)
+    started = final[(final["method"] != "Spectrum 10%") | ((final["task"] == "easy") & (final["seed"] == 0))]
+    assert ("ZEST 10%", "Spectrum 10%") not in {(r["a"], r["b"]) for r in mod.paired_rows(started)}
+    assert ("ZEST 10%", "full FT") in {(r["a"], r["b"]) for r in mod.paired_rows(started)}
 
 
 def test_random_matched_holds_what_zest_selected_on_the_same_task_and_seed(tmp_path):

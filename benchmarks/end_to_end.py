@@ -695,11 +695,13 @@ def accuracy_table(g, names: list[str], every_task: bool = False):
 
 def gap_to_full(g):
     """Each method's mean paired difference to full fine-tuning (points) over the (task, seed) cells both have:
-    what the Pareto plot draws, comparable between methods that have reached different tasks."""
+    what the Pareto plot draws, comparable between methods that have reached different tasks. None below
+    MIN_CELLS cells, as for the paired comparisons."""
     cells = g.pivot_table(index=["task", "seed"], columns="method", values="test_acc")
     if "full FT" not in cells:
         return {}
-    return {m: ((cells[m] - cells["full FT"]).dropna() * 100).mean() for m in cells.columns}
+    diffs = {m: (cells[m] - cells["full FT"]).dropna() * 100 for m in cells.columns}
+    return {m: d.mean() for m, d in diffs.items() if len(d) >= MIN_CELLS}
 
 
 def comparisons() -> list[tuple[str, str]]:

@@ -134,6 +134,10 @@ def main(out_dir: str) -> None:
     report["unlabelled"] = run_unlabelled(os.path.join(out_dir, "unlabelled"))
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(report, f, indent=1)
+    # leave together: a rank that exits while its peer still talks to it makes gloo abort the peer
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

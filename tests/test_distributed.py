@@ -7,7 +7,6 @@ accepted."""
 import json
 import os
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +15,7 @@ import pytest
 import torch.distributed
 import transformers
 from _ddp_script import data, make_trainer, tiny_bert_cls
+from helpers import launch
 from peft import PeftModel
 
 import zest_hf
@@ -38,12 +38,7 @@ def ranks(tmp_path_factory):
     src = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="1",
                TRANSFORMERS_VERBOSITY="error", PYTHONPATH=src)
-    try:
-        proc = subprocess.run(cmd, env=env, cwd=out, capture_output=True, text=True, timeout=TIMEOUT)
-    except subprocess.TimeoutExpired as e:
-        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-        pytest.fail(f"accelerate launch did not finish in {TIMEOUT} s:\n{err[-3000:]}")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch(cmd, env=env, cwd=out, timeout=TIMEOUT)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

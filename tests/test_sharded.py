@@ -20,6 +20,7 @@ import torch
 import torch.distributed
 
 from _fsdp2_script import LR, STEPS, config, digest, global_batch, tiny_llama
+from helpers import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "_fsdp2_script.py"
@@ -34,8 +35,7 @@ def _launch(script: Path, out: Path, mode: str, prefix: str = "") -> list[dict]:
     src = os.pathsep.join(filter(None, [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONPATH=src,
                DS_ACCELERATOR="cpu")
-    proc = subprocess.run(cmd, env=env, cwd=out, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch(cmd, env=env, cwd=out, timeout=TIMEOUT)
     return [json.loads((out / f"{prefix}rank{r}_{mode}.json").read_text()) for r in (0, 1)]
 
 

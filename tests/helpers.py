@@ -49,7 +49,6 @@ def minilm_dir():
     return Path(spec.origin).parent / "model" if spec is not None and spec.origin else None
 
 
-
 # A worker's death by signal (gloo's "connection closed by peer" aborts the process) is told from a failed
 # assertion by the launcher's report; such a launch gets one more try, a failure of the code under test does not.
 _SIGNAL_DEATH = re.compile(r"Signal \d+ \(SIG(?:ABRT|SEGV|BUS|PIPE)\) received by PID")

@@ -1,6 +1,8 @@
 """Fixtures shared by the tests; the model builders live in helpers.py."""
 
+import json
 import os
+import random
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the Hub
@@ -50,6 +52,33 @@ def tiny_llama_dir(tmp_path_factory):
     transformers.LlamaForCausalLM(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def _mc_task_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bigbench_tasks")
+    rng = random.Random(0)
+    people, things = ["Alex", "Sam", "Jordan", "Riley", "Casey", "Morgan"], ["book", "cake", "ticket", "map", "lamp"]
+    feelings = ["grateful", "annoyed", "curious", "tired", "proud", "worried", "calm", "surprised"]
+    examples = []
+    for i in range(240):
+        a, b = rng.sample(people, 2)
+        gold, *wrong = rng.sample(feelings, 3)
+        examples.append({"input": f"{a} gave {b} a {rng.choice(things)} on day {i}. How would {b} feel?",
+                         "target_scores": {gold: 1, wrong[0]: 0, wrong[1]: 0}})
+    (root / "synthetic_mc").mkdir()
+    (root / "synthetic_mc" / "task.json").write_text(json.dumps(
+        {"name": "synthetic_mc", "example_input_prefix": "Q: ", "example_output_prefix": "\nA:",
+         "examples": examples}))
+    return root
+
+
+@pytest.fixture
+def mc_task(_mc_task_root, monkeypatch):
+    """``"bigbench:synthetic_mc"``: a multiple-choice task in BIG-bench's task.json format (3 choices per example,
+    per-example choices), so the multiple-choice routes are tested without the 358 MB bigbench data package."""
+    monkeypatch.setenv("ZEST_HF_BIGBENCH_DIR", str(_mc_task_root))
+    return "bigbench:synthetic_mc"
 
 
 @pytest.fixture

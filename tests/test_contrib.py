@@ -123,13 +123,13 @@ def test_cached_and_naive_runs_of_one_layer_give_the_same_result(tiny_dir):
     assert all(torch.equal(before[k], v) for k, v in setup.model.state_dict().items())
 
 
-def test_a_decoder_on_multiple_choice_trains_the_layer_alone_and_scores_by_log_likelihood(tiny_llama_dir):
+def test_a_decoder_on_multiple_choice_trains_the_layer_alone_and_scores_by_log_likelihood(tiny_llama_dir, mc_task):
     """No head to train: the baseline is the untrained model, scored exactly as score_choices scores it, and a
     layer's run from cached block inputs equals its naive run."""
     from zest_hf.contrib import setup_contributions
     from zest_hf.tasks import score_choices
 
-    setup = setup_contributions(str(tiny_llama_dir), "bigbench:social_iqa", seed=0, budget=SMALL)
+    setup = setup_contributions(str(tiny_llama_dir), mc_task, seed=0, budget=SMALL)
     assert setup.head_params == [] and setup.choice_plan is not None
     before = {k: v.clone() for k, v in setup.model.state_dict().items()}
     base = setup.run(None, caches=setup.caches(len(setup.runner) - 1))
@@ -150,12 +150,12 @@ def test_a_decoder_on_multiple_choice_trains_the_layer_alone_and_scores_by_log_l
     assert all(torch.equal(before[k], v) for k, v in setup.model.state_dict().items())
 
 
-def test_the_lm_head_run_at_the_read_positions_only_gives_the_full_heads_scores(tiny_llama_dir):
+def test_the_lm_head_run_at_the_read_positions_only_gives_the_full_heads_scores(tiny_llama_dir, mc_task):
     """The collector's decoder speed-up: the LM head only where the loss or a choice score reads it. The same layer
     run with the full head (cached and naive) gives the same accuracy and, to float precision, the same losses."""
     from zest_hf.contrib import setup_contributions
 
-    setup = setup_contributions(str(tiny_llama_dir), "bigbench:social_iqa", seed=1, budget=SMALL)
+    setup = setup_contributions(str(tiny_llama_dir), mc_task, seed=1, budget=SMALL)
     assert setup.sparse_head  # checked exact at set-up, so on by default
     for t in [t for t in setup.targets if t.block == 1][:3]:
         caches = setup.caches(t.block)
@@ -168,11 +168,11 @@ def test_the_lm_head_run_at_the_read_positions_only_gives_the_full_heads_scores(
             assert fast["train_loss_last10"] == pytest.approx(other["train_loss_last10"], rel=1e-5)
 
 
-def test_the_sparse_head_is_refused_where_the_model_changes_its_logits_after_the_head(tiny_llama_dir):
+def test_the_sparse_head_is_refused_where_the_model_changes_its_logits_after_the_head(tiny_llama_dir, mc_task):
     from zest_hf.contrib import setup_contributions
     from zest_hf.research.contrib import _sparse_head_is_exact
 
-    setup = setup_contributions(str(tiny_llama_dir), "bigbench:social_iqa", seed=0, budget=SMALL)
+    setup = setup_contributions(str(tiny_llama_dir), mc_task, seed=0, budget=SMALL)
     args = (setup.model, setup.train_batches, setup.choice_plan, setup.val_batches)
     assert _sparse_head_is_exact(*args)
     real = type(setup.model).forward
@@ -205,10 +205,10 @@ def test_a_decoder_classification_task_can_take_the_multiple_choice_protocol(tin
     assert with_head.head_params and with_head.row_base["scoring"] == "head"
 
 
-def test_block_inputs_walked_up_from_a_lower_block_equal_a_fresh_capture(tiny_llama_dir):
+def test_block_inputs_walked_up_from_a_lower_block_equal_a_fresh_capture(tiny_llama_dir, mc_task):
     from zest_hf.contrib import setup_contributions
 
-    setup = setup_contributions(str(tiny_llama_dir), "bigbench:social_iqa", seed=0, budget=SMALL)
+    setup = setup_contributions(str(tiny_llama_dir), mc_task, seed=0, budget=SMALL)
     low, high = setup.caches(0), setup.caches(1)
     walked = setup.caches(1, below=(0, low))
     for fresh, step in zip(high[0] + high[1], walked[0] + walked[1]):

@@ -33,8 +33,8 @@ def test_demo_runs_the_whole_flow_and_the_reload_reproduces_it(tiny_dir, tmp_pat
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_demo_refuses_a_multiple_choice_task_before_probing(tiny_dir, tmp_path):
-    cfg = DemoConfig(model=str(tiny_dir), task="bigbench:social_iqa", max_examples=40, predictor="metric:grad_norm")
+def test_demo_refuses_a_multiple_choice_task_before_probing(tiny_dir, tmp_path, mc_task):
+    cfg = DemoConfig(model=str(tiny_dir), task=mc_task, max_examples=40, predictor="metric:grad_norm")
     with pytest.raises(ValueError, match="classification task"):
         run_demo(tmp_path, cfg)
     assert not (tmp_path / "probe.json").exists()

@@ -46,16 +46,16 @@ def test_text_classification_zest_vs_head_only_and_reload(tiny_dir, tmp_path, ca
     assert f"| ZEST@2 (full) | {r['zest']['trainable']:,} |" in printed and "the same predictions" in printed
 
 
-def test_text_classification_refuses_a_multiple_choice_task(tiny_dir, tmp_path):
+def test_text_classification_refuses_a_multiple_choice_task(tiny_dir, tmp_path, mc_task):
     with pytest.raises(SystemExit, match="multiple_choice task"):
-        load_example("text_classification").main(["--model", str(tiny_dir), "--task", "bigbench:social_iqa",
+        load_example("text_classification").main(["--model", str(tiny_dir), "--task", mc_task,
                                                    "--max-examples", "30", "--output-dir", str(tmp_path)])
 
 
-def test_causal_lm_lora_on_the_selection_saves_a_stock_adapter(tiny_llama_dir, tmp_path, capsys):
+def test_causal_lm_lora_on_the_selection_saves_a_stock_adapter(tiny_llama_dir, tmp_path, capsys, mc_task):
     out = tmp_path / "adapter"
     r = load_example("causal_lm").main([
-        "--model", str(tiny_llama_dir), "--task", "bigbench:social_iqa", "--max-examples", "60", "--top-k", "3",
+        "--model", str(tiny_llama_dir), "--task", mc_task, "--max-examples", "60", "--top-k", "3",
         "--r", "4", "--max-steps", "3", "--batch-size", "4", "--max-length", "48", "--eval-examples", "5",
         "--predictor", PRED, "--output-dir", str(out)])
     cfg = r["config"]

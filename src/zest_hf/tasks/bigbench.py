@@ -53,7 +53,8 @@ def bigbench_root() -> Path:
             raise FileNotFoundError(f"${ENV} is {env!r}, which is not a directory. Point it at a folder of "
                                     f"<task>/task.json files, or unset it to use the installed bigbench package.")
         return root
-    root = package_dir("bigbench", PIP, "BIG-bench tasks") / "benchmark_tasks"
+    root = package_dir("bigbench", f"{PIP} (where the index has no 1.0.0, set ${ENV} to a folder of "
+                                   f"<task>/task.json files instead)", "BIG-bench tasks") / "benchmark_tasks"
     if not root.is_dir():
         raise MissingDataPackageError(f"the installed bigbench package has no benchmark_tasks folder ({root}); "
                                       f"reinstall it with: {PIP}")

@@ -481,6 +481,28 @@ def best_lr(rows: list[dict]) -> float:
     return max(rows, key=lambda r: (r["val_acc"], -r["lr"]))["lr"]
 
 
+def check_task_data(models, phase: str) -> None:
+    """Every task the phase will read loads on this machine, checked before the first run: a missing data package
+    (or a misspelt task) stops the invocation at once, naming each such task and what to install, instead of
+    after hours of work on the tasks before it. The cost phase reads only each model's first task."""
+    from zest_hf.errors import MissingDataPackageError
+    from zest_hf.tasks import load_task
+
+    if phase not in ("all", "accuracy", "cost"):
+        return
+    wanted = {t for m in models for t in (budget_of(m)["tasks"] if phase != "cost" else budget_of(m)["tasks"][:1])}
+    problems = {}
+    for task in sorted(wanted):
+        try:
+            load_task(task)
+        except (MissingDataPackageError, FileNotFoundError, ValueError) as e:
+            problems[task] = f"{type(e).__name__}: {e}"
+    if problems:
+        raise SystemExit("nothing was run: these tasks cannot be read on this machine\n"
+                         + "\n".join(f"  {t}: {why}" for t, why in problems.items())
+                         + "\nInstall what each names, or leave the task out with --tasks.")
+
+
 def accuracy_phase(models, methods, out_dir: Path, arch: str, normalization: str) -> None:
     from tqdm.auto import tqdm
 
@@ -1094,6 +1116,7 @@ def main() -> int:
         return 0
     models = args.models.split(",")
     methods = [BY_NAME[n] for n in args.methods.split(",")] if args.methods else METHODS
+    check_task_data(models, args.phase)
     (out_dir / "config.json").write_text(json.dumps({"budgets": design, "methods": [asdict(m) for m in METHODS],
                                                      "seeds": SEEDS}, indent=1))
     if args.phase in ("all", "accuracy"):

@@ -97,6 +97,24 @@ def test_a_rerun_resumes_from_runs_jsonl_and_a_needed_oracle_is_built(bench, tmp
     assert [(c[0], c[3]) for c in bench.calls] == [(rows[-1]["method"], rows[-1]["seed"])]
 
 
+def test_a_task_whose_data_is_missing_stops_the_invocation_before_any_run(bench, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.delenv("ZEST_HF_BIGBENCH_DIR", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "bigbench" else real(m, *a))
+    bench.BUDGETS["toy"]["tasks"] = ["bbc_news", "bigbench:cs_algorithms/valid_parentheses", "bbc_nwes"]
+    with pytest.raises(SystemExit) as err:
+        bench.check_task_data(["toy"], "accuracy")
+    msg = str(err.value)
+    assert "nothing was run" in msg and "pip install --no-deps bigbench==1.0.0" in msg
+    assert "bigbench:cs_algorithms/valid_parentheses" in msg and "bbc_nwes" in msg  # the misspelt one too
+    assert "  bbc_news:" not in msg  # a task that loads is not listed
+    bench.check_task_data(["toy"], "cost")  # the cost phase reads the first task only: bbc_news loads
+    bench.check_task_data(["toy"], "report")  # the report reads no task
+    bench.BUDGETS["toy"]["tasks"] = ["bigbench:cs_algorithms/valid_parentheses"]
+    with pytest.raises(SystemExit, match="valid_parentheses"):
+        bench.check_task_data(["toy"], "cost")
+
+
 def test_report_means_only_over_tasks_every_method_has_finished(tmp_path):
     mod = _bench()
     kb = mod.key_budget("toy")

@@ -1,6 +1,5 @@
 """Fixtures shared by the tests; the model builders live in helpers.py."""
 
-import json
 import os
 import random
 
@@ -12,7 +11,7 @@ import torch
 import transformers
 
 
-from helpers import minilm_dir
+from helpers import minilm_dir, write_task
 
 
 MINILM_DIR = minilm_dir()
@@ -66,10 +65,8 @@ def _mc_task_root(tmp_path_factory):
         gold, *wrong = rng.sample(feelings, 3)
         examples.append({"input": f"{a} gave {b} a {rng.choice(things)} on day {i}. How would {b} feel?",
                          "target_scores": {gold: 1, wrong[0]: 0, wrong[1]: 0}})
-    (root / "synthetic_mc").mkdir()
-    (root / "synthetic_mc" / "task.json").write_text(json.dumps(
-        {"name": "synthetic_mc", "example_input_prefix": "Q: ", "example_output_prefix": "\nA:",
-         "examples": examples}))
+    write_task(root, "synthetic_mc", {"name": "synthetic_mc", "example_input_prefix": "Q: ",
+                                      "example_output_prefix": "\nA:", "examples": examples})
     return root
 
 

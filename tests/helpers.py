@@ -1,6 +1,7 @@
 """Shared by the tests: tiny random models from configs (milliseconds), token batches, and multi-process launches."""
 
 import importlib.util
+import json
 import re
 import subprocess
 import warnings
@@ -9,6 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+
+
+def write_task(root: Path, name: str, spec: dict) -> None:
+    """A BIG-bench task.json at ``root/name`` (``name`` may be ``parent/subtask``), for ``$ZEST_HF_BIGBENCH_DIR``."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "task.json").write_text(json.dumps(spec))
 
 
 def tiny_llama(**kw):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import write_task
 
 from zest_hf.tasks import (
     TRAINING_TASKS,
@@ -84,12 +85,6 @@ def mc_split(texts, choices, labels):
 
 def split_texts(task):
     return {s: list(task.splits[s]["text"]) for s in ("train", "validation", "test")}
-
-
-def write_task(root: Path, name: str, spec: dict) -> None:
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "task.json").write_text(json.dumps(spec))
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 import torch
 import transformers
 from helpers import tiny_bert_cls, tiny_llama
+import peft
 from peft import PeftModel
 
 import zest_hf
@@ -195,3 +196,28 @@ def test_bad_inputs_fail_before_the_trainer_or_model_changes(tmp_path):
         callbacks=[ZestCallback(ZestConfig(top_k=2, predictor=PRED))])
     with pytest.raises(ZestTrainerError, match="call zest_hf.prepare_trainer"):
         alone.train()  # a callback on its own would silently fine-tune everything
+
+
+@pytest.mark.parametrize("with_callback", [True, False])
+def test_an_unresolved_config_on_a_classifier_trains_its_head(tmp_path, with_callback):
+    # the head is wrapped when the model is built, so the optimizer the Trainer builds before the first step holds
+    # the very tensors that train after the selection is made (by the callback, or by the first training forward)
+    torch.manual_seed(0)
+    model = peft.get_peft_model(tiny_bert_cls(), ZestConfig(top_k=2, predictor=PRED))
+    assert model.base_model.zest_pending
+    head_before = {n: p.detach().clone() for n, p in model.named_parameters() if "classifier" in n}
+    head_ids = {id(p) for n, p in model.named_parameters() if "classifier.modules_to_save" in n}
+    assert len(head_ids) == 2 and all(p.requires_grad for n, p in model.named_parameters()
+                                      if "classifier.modules_to_save" in n)
+    trainer = make_trainer(model, cls_data(), tmp_path)
+    if with_callback:
+        trainer.add_callback(ZestCallback())
+    trainer.train()
+    cfg = model.peft_config["default"]
+    assert cfg.is_resolved and not model.base_model.zest_pending
+    assert head_ids <= optimizer_ids(trainer.optimizer)
+    assert {id(p) for n, p in model.named_parameters() if "classifier.modules_to_save" in n} == head_ids
+    trained = {n: p for n, p in model.named_parameters() if "classifier.modules_to_save" in n}
+    assert all(not torch.equal(p.detach(), head_before[n]) for n, p in trained.items())
+    if with_callback:
+        assert optimizer_ids(trainer.optimizer) == selection_and_head(model, cfg)

@@ -141,6 +141,9 @@ class ZestModel(BaseTuner):
         for t in targets:  # placeholders: the optimizer built before the first step must hold whatever is chosen
             for p in t.module.parameters():
                 p.requires_grad_(True)
+        # The head's trainable copy must exist now too: the injection that would make it is deferred to the first
+        # batch, after the optimizer is built, and a copy made then would never be optimised.
+        _wrap_modules_to_save(self, model, config, adapter_name)
         handle = model.register_forward_pre_hook(self._select_on_first_step, with_kwargs=True)
         self._zest_pending = (adapter_name, handle)
 
@@ -234,6 +237,17 @@ class ZestModel(BaseTuner):
                 "zest_hf.prepare_trainer(trainer, config, resume_from_checkpoint=...)."
             )
         return remapped
+
+
+def _wrap_modules_to_save(tuner: BaseTuner, model: nn.Module, config: ZestConfig, adapter_name: str) -> None:
+    """Wrap ``config.modules_to_save`` as peft's injection does (a trainable copy per adapter); injecting later
+    finds the copy in place and keeps it, the same tensors."""
+    try:
+        from peft.utils.other import set_additional_trainable_modules
+    except ImportError:  # older peft: PeftModel.__init__ wraps them itself, after the tuner is built
+        return
+    set_additional_trainable_modules(model=model, peft_config=config, model_config=BaseTuner.get_model_config(tuner),
+                                     adapter_name=adapter_name, activate_adapter=True)
 
 
 @contextlib.contextmanager

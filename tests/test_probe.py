@@ -259,6 +259,63 @@ def test_bf16_probe_is_close_to_fp32_and_leaves_weights_alone():
         assert torch.allclose(a, b, rtol=0.1, atol=1e-3 * a.abs().max().item()), col
 
 
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_bert_cls], ids=["gpt2", "bert"])
+def test_bf16_synflow_is_the_fp32_synflow_of_the_same_weights(make):
+    """bf16 rounding, magnified by LayerNorm of the all-ones activations, made synflow several times off: the pass
+    now runs in fp32 on copies, so it equals the fp32 value of the bf16-rounded weights, and the bf16 model (its
+    dtype and bits) is given back untouched."""
+    torch.manual_seed(0)
+    m16 = _messy(make()).to(torch.bfloat16)
+    batch = _labelled(m16, token_batch())
+    snap = _snapshot(m16)
+    got = torch.tensor(probe(m16, batch, metrics=["synflow"]).values["synflow"])
+    _assert_restored(m16, snap)
+    assert all(p.dtype == torch.bfloat16 for p in m16.parameters())
+    want = torch.tensor(probe(copy.deepcopy(m16).float(), batch, metrics=["synflow"]).values["synflow"])
+    assert torch.allclose(got, want, rtol=1e-4, atol=0.0)
+
+
+def test_4bit_synflow_runs_every_4bit_layer_on_abs_weights_whichever_targets_are_probed():
+    pytest.importorskip("bitsandbytes")
+    from zest_hf.models import quantize_projections_4bit
+
+    torch.manual_seed(0)
+    model, _ = quantize_projections_4bit(tiny_llama())
+    batch = token_batch()
+    some = ["self_attn.v_proj", "mlp.up_proj"]
+    alone = probe(model, batch, metrics=["synflow"], target_modules=some).to_pandas().set_index("name")["synflow"]
+    every = probe(model, batch, metrics=["synflow"]).to_pandas().set_index("name")["synflow"]
+    assert len(alone) == 4
+    for n in alone.index:
+        assert _close(alone[n], every[n], 1e-5), n
+
+
+@pytest.mark.parametrize("arch", ["t5", "bart"])
+def test_an_encoder_decoder_is_probed_and_given_back(arch):
+    """Its encoder looks tokens up in its own module sharing the input-embedding table (``shared`` itself is never
+    called), and synflow feeds the decoder the all-ones input too."""
+    torch.manual_seed(0)
+    if arch == "t5":
+        model = transformers.T5ForConditionalGeneration(transformers.T5Config(
+            vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4, decoder_start_token_id=0))
+    else:
+        model = transformers.BartForConditionalGeneration(transformers.BartConfig(
+            vocab_size=1000, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64))
+    model = _messy(model)
+    batch = token_batch()
+    batch["labels"] = batch["input_ids"][:, :5].clone()
+    snap = _snapshot(model)
+    res = probe(model, batch).to_pandas().set_index("name")
+    _assert_restored(model, snap)
+    encoder = [n for n in res.index if ".encoder." in f".{n}"]
+    decoder = [n for n in res.index if ".decoder." in f".{n}"]
+    assert encoder and decoder
+    for col in ("snip", "fisher", "synflow"):
+        assert res[col].map(math.isfinite).all(), col
+        assert (res.loc[encoder, col] > 0).any() and (res.loc[decoder, col] > 0).any(), col
+
+
 # ------------------------------------------------------------------------------------------------ bad inputs
 def _forward_counter(model):
     calls = {"n": 0}

@@ -100,7 +100,9 @@ def probe(
     bar = _progress(len(stages), progress)
     loss_value = None  # no data pass when only static/synflow metrics are asked for
 
-    rng_devices = [device] if device.type == "cuda" else []
+    # torch.manual_seed reseeds every initialised CUDA device, not only the model's: all of them are forked
+    rng_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() \
+        else []
     if torch.is_inference_mode_enabled():
         # tensors made in inference mode cannot take part in autograd: the probe works on copies of the batch's
         with torch.inference_mode(False):
@@ -252,7 +254,7 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
             if session.phase == "forward" and "forward" in sources:
                 y = output.detach().reshape(-1, output.shape[-1])
                 if token_mask is not None and y.shape[0] == token_mask.numel():
-                    y = y[token_mask]
+                    y = y[token_mask.to(y.device)]  # a layer of a model split across devices
                 stats[i].update(y)
             # also during backward: reentrant checkpointing re-runs the block there, and only that run has a graph
             if output.requires_grad and session.phase in ("forward", "backward") and (
@@ -302,7 +304,8 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
             if given_embeds:
                 data = dict(data, inputs_embeds=data["inputs_embeds"].detach().requires_grad_(True))
             else:
-                add_hook(model.get_input_embeddings().register_forward_hook(_require_grad))
+                for m in _input_embedding_modules(model):
+                    add_hook(m.register_forward_hook(_require_grad))
         try:
             loss_value = _forward_backward(model, tlist, data, chosen, sources, rows, session)
         finally:
@@ -356,7 +359,8 @@ def _forward_backward(model, tlist, data, chosen, sources, rows, session: Sessio
         if "hessian" in sources:
             grads = torch.autograd.grad(loss, weights, create_graph=True)
             session.phase = "hessian"
-            z = sum((g * g.detach()).sum() for g in grads)
+            # terms of a model split across devices live on their layers' devices
+            z = sum((g * g.detach()).sum().to(loss.device) for g in grads)
             hgs = torch.autograd.grad(z, weights)
             del grads, z
             for i, hg in enumerate(hgs):
@@ -374,6 +378,14 @@ def _needs_input_grad(model: nn.Module) -> bool:
     return model.training and uses_reentrant_checkpointing(model)
 
 
+def _input_embedding_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules that look tokens up in the input-embedding table: the table's own module, and those sharing its
+    weight (an encoder-decoder's ``encoder.embed_tokens``, which forward calls in place of the shared table)."""
+    table = model.get_input_embeddings()
+    return [m for m in model.modules() if m is table or (
+        isinstance(m, nn.Embedding) and getattr(m, "weight", None) is getattr(table, "weight", False))]
+
+
 def _require_grad(module, args, output):
     if torch.is_tensor(output) and not output.requires_grad:
         return output.requires_grad_(True)
@@ -389,32 +401,56 @@ def _drop_after(fn, i):
 
 
 def _synflow_pass(model, tlist, data, chosen, rows, session: Session) -> None:
-    """synflow's own pass: all parameters made non-negative in place, an all-ones input, R = sum of outputs."""
+    """synflow's own pass: all parameters made non-negative, an all-ones input, R = sum of outputs.
+
+    A half-precision model runs this pass in fp32, on non-negative fp32 copies of its floating tensors: R is a
+    product of every layer's ``|W|``, and LayerNorm of the near-constant all-ones activations magnifies bf16/fp16
+    rounding into errors of several times the value (and a ranking unlike the fp32 one the predictors were trained
+    on). The copies cost twice the half-precision weights for the length of the pass. An fp32/fp64 model is made
+    non-negative in place and given back exactly (one sign bit per weight is kept).
+    """
     emb = model.get_input_embeddings()
     # The all-ones input bypasses the input embedding, so its table (often the largest weight) never enters R unless
     # it is tied to the output layer: left as it is, its signs need no flipping and restoring.
     out_emb = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
     unused = emb.weight if getattr(out_emb, "weight", None) is not emb.weight else None
     params = [p for p in model.parameters() if p.is_floating_point() and p is not unused]
-    signs = [torch.signbit(p.detach()) for p in params]  # one bit of information per weight, not a model copy
-    # a 4-bit weight cannot be made positive in place: its layer runs on |dequantised weight| for this pass instead,
-    # and its dR/dW is assembled from its input and output gradient
-    quantized = {i: getattr(t.module, "base_layer", t.module) for i, t in enumerate(tlist) if is_quantized(t.module)}
-    patched = []
+    upcast = any(p.dtype in (torch.float16, torch.bfloat16) for p in params)
+    # a 4-bit weight cannot be made positive in place: every 4-bit layer of the model (a target or not: R must run on
+    # |W| throughout) runs on |dequantised weight| for this pass instead, and a target's dR/dW is assembled from its
+    # input and output gradient
+    target_of = {id(getattr(t.module, "base_layer", t.module)): i for i, t in enumerate(tlist) if is_quantized(t.module)}
+    quantized = [m for m in model.modules() if is_quantized(m) and not hasattr(m, "base_layer")]
+    signs, originals, buffers, patched = [], [], [], []
     try:
         with torch.no_grad():
-            for p in params:
-                p.abs_()
-        for i, layer in quantized.items():
-            layer.forward = _positive_dequantized_forward(layer, i, chosen, rows, session)
+            if upcast:
+                for p in params:
+                    originals.append((p, p.data))
+                    p.data = p.data.float().abs_()
+                for m in model.modules():
+                    for name, b in m._buffers.items():
+                        if b is not None and b.dtype in (torch.float16, torch.bfloat16):
+                            buffers.append((m, name, b))
+                for m, name, b in buffers:
+                    m._buffers[name] = b.float()
+            else:
+                signs = [torch.signbit(p.detach()) for p in params]  # one bit of information per weight, not a copy
+                for p in params:
+                    p.abs_()
+        for layer in quantized:
+            layer.forward = _positive_dequantized_forward(layer, target_of.get(id(layer)), chosen, rows, session)
             patched.append(layer)
         hidden = emb.weight.shape[-1]
         ids = data.get("input_ids")
         shape = (1, *ids.shape[1:]) if torch.is_tensor(ids) else (1, *data["inputs_embeds"].shape[1:-1])
-        ones = torch.ones(*shape, hidden, dtype=emb.weight.dtype, device=emb.weight.device)
+        dtype = torch.float32 if upcast else emb.weight.dtype
+        ones = torch.ones(*shape, hidden, dtype=dtype, device=emb.weight.device)
         # the all-ones input bypasses the embedding layer, so no embedding hook can make it require grad
         ones.requires_grad_(_needs_input_grad(model) or bool(quantized))
         kwargs = {"inputs_embeds": ones, "attention_mask": torch.ones(shape, dtype=torch.long, device=ones.device)}
+        if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+            kwargs["decoder_inputs_embeds"] = ones  # the decoder is fed the same all-ones input
         if "use_cache" in data:
             kwargs["use_cache"] = False
         out = model(**kwargs)
@@ -426,7 +462,7 @@ def _synflow_pass(model, tlist, data, chosen, rows, session: Session) -> None:
 
         with session.hooks() as add_hook:
             for i, t in enumerate(tlist):
-                if i not in quantized:
+                if not is_quantized(t.module):
                     add_hook(t.weight.register_post_accumulate_grad_hook(_drop_after(collect, i)))
             session.phase = "synflow"
             r.backward()
@@ -435,12 +471,16 @@ def _synflow_pass(model, tlist, data, chosen, rows, session: Session) -> None:
         for layer in patched:
             del layer.forward  # the class's own forward again
         with torch.no_grad():
+            for p, data_ in originals:  # the caller's own tensors, never written
+                p.data = data_
+            for m, name, b in buffers:
+                m._buffers[name] = b
             for p, s in zip(params, signs):
                 # |w| negated where the sign bit was set gives back w exactly, -0.0 included.
                 p.copy_(torch.where(s, -p, p))
 
 
-def _positive_dequantized_forward(layer: nn.Module, i: int, chosen, rows, session: Session):
+def _positive_dequantized_forward(layer: nn.Module, i: int | None, chosen, rows, session: Session):
     """The forward of a 4-bit projection during synflow's pass: ``x |W|^T + b`` with ``W`` dequantised on the fly
     (and again in backward: no dense copy outlives its matmul), and the synflow metric from ``dR/dW = dy^T x``."""
 
@@ -448,6 +488,8 @@ def _positive_dequantized_forward(layer: nn.Module, i: int, chosen, rows, sessio
         y = _PositiveDequantized.apply(x, layer)
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)  # already made non-negative with every float parameter
+        if i is None:  # not a target: only R's path through it matters
+            return y
 
         def hook(grad):
             if session.phase == "synflow":

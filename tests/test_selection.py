@@ -115,3 +115,22 @@ def test_auto_resolves_each_family_to_its_bundled_predictor_and_records_which():
         assert auto.predictor == want and auto.layers == named.layers
         cfg = zest_hf.select(model, b, ZestConfig(top_k=2))
         assert cfg.selection_info["predictor"] == want and cfg.selected_modules == named.top(2)
+
+
+def test_backward_cost_counts_the_models_blocks_when_only_some_are_candidates():
+    import zest_hf
+    from helpers import tiny_llama, token_batch
+
+    model = tiny_llama(num_hidden_layers=4)
+    batch = token_batch()
+    for pattern, floor in ((r"model\.layers\.1\..*", 1), (r"model\.layers\.(2|3)\..*", None)):
+        cfg = zest_hf.select(model, batch, ZestConfig(top_k=1, predictor="metric:grad_norm", candidates=pattern))
+        lowest = min(int(n.split(".")[2]) for n in cfg.selected_modules)
+        assert floor is None or lowest == floor
+        assert cfg.selection_info["backward_cost"] == pytest.approx((4 - lowest) / 4)
+    from zest_hf.selection.rules import num_blocks_of
+
+    # six blocks in the model (depth = block / 5), candidates in the top two only
+    rows = [{"name": f"b{b}", "score": 1.0, "block": b, "depth": b / 5, "num_params": 1} for b in (4, 5)]
+    assert num_blocks_of(rows) == 6
+    assert num_blocks_of([{"name": "a", "block": 0, "depth": 0.0}]) == 1

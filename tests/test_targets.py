@@ -102,3 +102,28 @@ def test_peft_lora_wrapped_model_targets_the_wrappers():
     assert all(not t.name.endswith("base_layer") for t in q)
     assert q[0].num_params == 64 * 64
     assert torch.equal(q[0].weight, m.model.layers[0].self_attn.q_proj.base_layer.weight)
+
+
+def test_more_families_types_falcon_deberta_gpt2_cross_attention():
+    falcon = transformers.FalconModel(transformers.FalconConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1,
+                                                                num_attention_heads=2))
+    assert {t.name.split("h.0.", 1)[1]: t.type for t in find_targets(falcon)} == {
+        "self_attention.query_key_value": "qkv", "self_attention.dense": "o", "mlp.dense_h_to_4h": "up",
+        "mlp.dense_4h_to_h": "down"}
+    deberta = transformers.DebertaV2Model(transformers.DebertaV2Config(
+        vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2))
+    assert [t.type for t in find_targets(deberta)] == ["q", "k", "v", "o", "up", "down"]
+    gpt2x = transformers.GPT2Model(transformers.GPT2Config(vocab_size=100, n_embd=16, n_layer=1, n_head=2,
+                                                           add_cross_attention=True))
+    types = {t.name.split("h.0.", 1)[1]: t.type for t in find_targets(gpt2x)}
+    assert types["crossattention.q_attn"] == "q" and types["crossattention.c_proj"] == "o"
+    assert types["mlp.c_proj"] == "down"
+
+
+def test_blocks_are_numbered_over_the_model_whatever_subset_is_a_candidate():
+    m = tiny_llama(num_hidden_layers=4)
+    upper = find_targets(m, target_modules=r"model\.layers\.(2|3)\..*")
+    assert {t.block for t in upper} == {2, 3}
+    assert {t.depth for t in upper} == {2 / 3, 1.0}
+    one = find_targets(m, exclude_modules=r"model\.layers\.[0-2]\..*")
+    assert {(t.block, t.depth) for t in one} == {(3, 1.0)}

@@ -10,9 +10,11 @@ Every target gets a *canonical type* so that a predictor trained on one family t
 ==========  ==================================================================================
 type        matched names (suffix inside the block)
 ==========  ==================================================================================
-q, k, v     ``q_proj``/``query``/``q``/``q_lin``/``wq``, likewise for k and v
-o           ``o_proj``/``out_proj``, BERT ``attention.output.dense``, GPT-2 ``attn.c_proj``,
-            NeoX ``attention.dense``, T5 ``SelfAttention.o``
+q, k, v     ``q_proj``/``query``/``query_proj``/``q``/``q_lin``/``wq``, likewise for k and v; GPT-2's
+            cross-attention ``q_attn``
+o           ``o_proj``/``out_proj``, BERT ``attention.output.dense``, GPT-2 ``attn.c_proj`` and
+            ``crossattention.c_proj``, NeoX ``attention.dense``, Falcon ``self_attention.dense``, T5
+            ``SelfAttention.o``
 qkv         fused ``c_attn`` (GPT-2), ``qkv_proj`` (Phi-3), ``query_key_value`` (NeoX, Falcon), ``Wqkv``
 gate        ``gate_proj``, ``w1``
 up          ``up_proj``, ``w3``, BERT ``intermediate.dense``, GPT-2 ``mlp.c_fc``, ``fc1``, ``wi``
@@ -42,11 +44,12 @@ CANONICAL_TYPES = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
 # attention ``c_proj`` before the MLP one (GPT-2 uses ``c_proj`` in both).
 _TYPE_RULES: tuple[tuple[str, str], ...] = (
     (r"(^|\.)attention\.output\.dense$", "o"),
-    (r"(^|\.)(attn|attention|self_attn|selfattention|encdecattention)\.(c_proj|o_proj|out_proj|dense|o|out_lin|wo)$", "o"),
+    (r"(^|\.)(attn|attention|self_attn|self_attention|selfattention|encdecattention|crossattention)\."
+     r"(c_proj|o_proj|out_proj|dense|o|out_lin|wo)$", "o"),
     (r"(^|\.)(c_attn|qkv_proj|query_key_value|wqkv|qkv)$", "qkv"),
-    (r"(^|\.)(q_proj|query|q|q_lin|wq)$", "q"),
-    (r"(^|\.)(k_proj|key|k|k_lin|wk)$", "k"),
-    (r"(^|\.)(v_proj|value|v|v_lin|wv)$", "v"),
+    (r"(^|\.)(q_proj|query|query_proj|q|q_lin|wq|q_attn)$", "q"),
+    (r"(^|\.)(k_proj|key|key_proj|k|k_lin|wk)$", "k"),
+    (r"(^|\.)(v_proj|value|value_proj|v|v_lin|wv)$", "v"),
     (r"(^|\.)(o_proj|out_proj|out_lin)$", "o"),
     (r"(^|\.)gate_up_proj$", "gate_up"),
     (r"(^|\.)(gate_proj|w1)$", "gate"),
@@ -160,14 +163,22 @@ def find_targets(
     linear: list[tuple[str, nn.Module]] = [(n, m) for n, m in model.named_modules() if _is_projection(m)]
 
     rows: list[tuple[str, nn.Module, str, tuple[str, int], str]] = []
+    # Blocks are numbered over the whole model (every block holding a known projection or a candidate), in order of
+    # first appearance (stacked encoders/decoders get distinct indices), not over the candidates only: a block's
+    # number and depth say where it sits, which is what the predictor and the backward cost read, whatever subset
+    # is probed.
+    block_ids: dict[tuple[str, int], int] = {}
     for name, module in linear:
         if ".base_layer" in name or name.endswith("base_layer"):
             continue  # the inner layer of a peft LoRA wrapper; the wrapper itself is the target
         block = _BLOCK_RE.match(name)
         if block is None:
             continue  # outside the numbered blocks: embeddings' projections, pooler, task head
+        key = (block.group("prefix"), int(block.group("index")))
         suffix = name[block.end():]
         typ = canonical_type(suffix) if suffix else None
+        if typ is not None:  # a transformer block: it holds a projection the table knows
+            block_ids.setdefault(key, len(block_ids))
         if target_modules is None:
             if typ is None:
                 continue
@@ -175,14 +186,14 @@ def find_targets(
             continue
         if exclude_modules is not None and _matches(name, exclude_modules):
             continue
-        key = (block.group("prefix"), int(block.group("index")))
+        block_ids.setdefault(key, len(block_ids))
         rows.append((name, module, typ or suffix.rsplit(".", 1)[-1], key, suffix))
 
     if not rows:
         sample = [n for n, _ in linear][:8]
         how = (
-            "Pass target_modules=<regex or list of names> (a regex is fullmatched against full module names, "
-            "e.g. r'.*\\.layers\\.\\d+\\..*proj'), "
+            "Pass target_modules=<regex or list of names> (ZestConfig(candidates=...) in a config; a regex is "
+            "fullmatched against full module names, e.g. r'.*\\.layers\\.\\d+\\..*proj'), "
         )
         if target_modules is not None:
             raise NoTargetsError(
@@ -196,10 +207,6 @@ def find_targets(
             "listing the projections to rank."
         )
 
-    # Blocks are numbered in order of first appearance, so that stacked encoders/decoders get distinct indices.
-    block_ids: dict[tuple[str, int], int] = {}
-    for *_, key, _ in rows:
-        block_ids.setdefault(key, len(block_ids))
     num_blocks = len(block_ids)
 
     targets = []

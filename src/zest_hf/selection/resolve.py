@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..validation import check_cost_weight, check_size
-from .rules import backward_cost, choose
+from .rules import backward_cost, choose, num_blocks_of
 
 __all__ = ["select"]
 
@@ -58,7 +58,7 @@ def select(model: nn.Module, batch: Mapping, config, *, progress: bool = False):
         "num_candidates": len(targets),
         "candidate_params": sum(sizes.values()),
         "selected_params": sum(sizes[n] for n, _ in chosen),
-        "backward_cost": backward_cost([blocks[n] for n, _ in chosen], max(blocks.values()) + 1),
+        "backward_cost": backward_cost([blocks[n] for n, _ in chosen], num_blocks_of(ranking.layers)),
         "probe": {k: probe_meta.get(k) for k in ("model_class", "batch_shape", "loss", "seed", "dtype")},
         "zest_hf_version": __version__,
     }

@@ -78,6 +78,16 @@ def fill(layers: Sequence[Mapping], allowed: float) -> list[Mapping]:
     return chosen
 
 
+def num_blocks_of(layers: Sequence[Mapping]) -> int:
+    """The model's number of blocks, from rank rows: the candidates may sit in some blocks only, and a row's
+    ``depth = block / (num_blocks - 1)`` says how many the model has."""
+    for r in layers:
+        depth = float(r.get("depth", 0.0))
+        if depth > 0:
+            return round(int(r["block"]) / depth) + 1
+    return max(int(r["block"]) for r in layers) + 1
+
+
 def backward_cost(blocks: Sequence[int], num_blocks: int) -> float:
     """Fraction of the blocks a backward pass must run through to reach the lowest of ``blocks``: a training
     step's compute and activation memory beyond the forward grow with it (frozen blocks below it need neither)."""
@@ -103,7 +113,7 @@ def cost_aware(layers: Sequence[Mapping], *, top_k: int | None = None, budget: f
         raise SelectionError("cost-aware selection needs each layer's 'block' (rank rows from zest_hf.rank have it)")
     n = len(layers)
     utility = {str(r["name"]): 1.0 - i / max(n - 1, 1) for i, r in enumerate(layers)}
-    num_blocks = max(int(r["block"]) for r in layers) + 1
+    num_blocks = num_blocks_of(layers)
     total = sum(int(r["num_params"]) for r in layers) if budget is not None else 0
     plain = _prefix(layers, top_k, budget, total)
     blocks = {str(r["name"]): int(r["block"]) for r in layers}

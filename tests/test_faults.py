@@ -130,6 +130,18 @@ def test_a_sharded_model_is_refused_with_the_select_then_train_route():
     assert count.n == 0
 
 
+def test_an_fsdp1_flat_parameter_is_refused_like_any_sharded_model():
+    from torch.distributed.fsdp._flat_param import FlatParameter
+
+    model = tiny_llama()
+    # what FSDP1 (use_orig_params=False) registers in place of a wrapped module's own parameters
+    model.model.layers[0].register_parameter("_flat_param", FlatParameter(torch.zeros(8), requires_grad=True))
+    count = _Forwards(model)
+    with pytest.raises(ValueError, match=r"sharded by FSDP \(FullyShardedDataParallel\).*--config-out"):
+        zest_hf.select(model, token_batch(), ZestConfig(top_k=2, predictor="metric:grad_norm"))
+    assert count.n == 0
+
+
 def test_a_saved_adapter_tells_a_person_what_it_is_and_what_loading_needs(tmp_path):
     import subprocess
     import sys

@@ -78,9 +78,9 @@ def probe(
     """
     chosen = resolve_metrics(metrics)
     model_u = unwrap_parallel(model)
+    _check_not_sharded(model_u)
     tlist = list(targets) if targets is not None else find_targets(model_u, target_modules, exclude_modules)
     check_batch(model_u, batch)
-    _check_not_sharded(model_u)
     _check_weights_finite(tlist)
     sources = {m.source for m in chosen}
     if "synflow" in sources:
@@ -172,17 +172,25 @@ def probe(
 
 
 def _check_not_sharded(model: nn.Module) -> None:
-    """A sharded model (FSDP2's DTensor parameters, DeepSpeed ZeRO-3's partitioned ones) holds a slice of each
-    weight per process: a probe there would score slices, differently on every rank."""
+    """A sharded model (FSDP2's DTensor parameters, FSDP1's flat parameters or wrapped modules, DeepSpeed ZeRO-3's
+    partitioned ones) holds a slice of each weight per process: a probe there would score slices, differently on
+    every rank."""
+    fsdp1 = next((n for n, m in model.named_modules() if type(m).__name__ == "FullyShardedDataParallel"), None)
     for name, p in model.named_parameters():
-        if type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor" or hasattr(p, "ds_id"):
-            kind = "DeepSpeed ZeRO-3" if hasattr(p, "ds_id") else "FSDP2 (fully_shard)"
-            raise ValueError(
-                f"{name} is sharded by {kind}, so this process holds only a slice of each weight and the probe would "
-                "score slices. Select as its own step on the unsharded model (zest select ... --config-out "
-                "zest.json, or zest_hf.select(model, batch, config).to_json(...)), then train with "
-                "ZestConfig.from_json('zest.json')."
-            )
+        if fsdp1 is not None or getattr(p, "_is_flat_param", False):
+            kind = "FSDP (FullyShardedDataParallel)"
+        elif type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor":
+            kind = "FSDP2 (fully_shard)"
+        elif hasattr(p, "ds_id"):
+            kind = "DeepSpeed ZeRO-3"
+        else:
+            continue
+        raise ValueError(
+            f"{name} is sharded by {kind}, so this process holds only a slice of each weight and the probe would "
+            "score slices. Select as its own step on the unsharded model (zest select ... --config-out "
+            "zest.json, or zest_hf.select(model, batch, config).to_json(...)), then train with "
+            "ZestConfig.from_json('zest.json')."
+        )
 
 
 def _check_weights_finite(tlist: Sequence[Target]) -> None:

@@ -170,3 +170,76 @@ def test_train_predictor_family_keeps_one_familys_ground_truth(tmp_path):
         main(["train-predictor", "--data", str(data), "--family", "decoder", "--model-filter", "minilm",
               "--out", str(tmp_path / "none")])
     assert not (tmp_path / "none").exists()
+
+
+def _no_model_load(monkeypatch):
+    import zest_hf.workflow
+
+    monkeypatch.setattr(zest_hf.workflow, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+
+
+def test_a_packaged_task_takes_split_and_refuses_columns(tiny_dir, tmp_path, monkeypatch, capsys):
+    from zest_hf.tasks import make_batch
+    from zest_hf.workflow import prepare
+
+    kw = {"batch_size": 3, "max_length": 16, "seed": 0}
+    val = prepare(str(tiny_dir), "bbc_news", split="validation", **kw)
+    want = make_batch(val.task, val.tokenizer, model_kind="seq_cls", split="validation", **kw)
+    train = make_batch(val.task, val.tokenizer, model_kind="seq_cls", split="train", **kw)
+    assert val.batch["input_ids"].equal(want["input_ids"]) and not val.batch["input_ids"].equal(train["input_ids"])
+
+    _no_model_load(monkeypatch)
+    common = ["probe", "--model", str(tiny_dir), "--task", "bbc_news", "--max-length", "16", "--quiet",
+              "--out", str(tmp_path / "p.json")]
+    assert main(common + ["--split", "dev"]) == 2
+    assert "no split 'dev'; its splits: ['train', 'validation', 'test']" in capsys.readouterr().err
+    assert main(common + ["--columns", "text=body,label=topic"]) == 2
+    assert "--columns" in capsys.readouterr().err and not (tmp_path / "p.json").exists()
+
+
+def test_a_max_length_beyond_the_models_positions_is_refused_before_it_loads(tiny_dir, monkeypatch, capsys):
+    _no_model_load(monkeypatch)  # the tiny BERT has 64 positions
+    assert main(["probe", "--model", str(tiny_dir), "--task", "bbc_news", "--max-length", "65", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "max_length=65" in err and "64 tokens (config.max_position_embeddings)" in err and "--max-length 64" in err
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--batch-size", "-2"), ("--max-length", "0"),
+                                        ("--dtype", "bf17")])
+def test_bad_flag_values_are_refused_while_parsing(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["probe", "--model", "no-model-is-read", flag, value])
+    assert e.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+def test_dtype_takes_torch_names_and_short_aliases():
+    from zest_hf.cli import build_parser
+
+    given = ("bf16", "fp16", "fp32", "bfloat16", "float16")
+    got = [build_parser().parse_args(["probe", "--dtype", v]).dtype for v in given]
+    assert got == ["bfloat16", "float16", "float32", "bfloat16", "float16"]
+
+
+@pytest.mark.parametrize("revision", [None, "dev"])
+def test_push_predictor_creates_the_branch_it_uploads_to(revision, monkeypatch, capsys):
+    import types
+
+    import huggingface_hub
+
+    from zest_hf.predictor.hub import bundled_predictors
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, *a, **k: calls.append(("repo", a, k)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", lambda self, *a, **k: calls.append(("branch", a, k)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **k: calls.append(("upload", (), k))
+                        or types.SimpleNamespace(commit_url="https://hf.co/me/pred/commit/1"))
+    directory = str(next(iter(bundled_predictors().values())))
+    assert main(["push-predictor", directory, "me/pred"] + (["--revision", revision] if revision else [])) == 0
+    assert "commit/1" in capsys.readouterr().out
+    if revision is None:
+        assert [c[0] for c in calls] == ["repo", "upload"]
+    else:
+        assert [c[0] for c in calls] == ["repo", "branch", "upload"]
+        _, args, kw = calls[1]
+        assert args == ("me/pred",) and kw["branch"] == "dev" and kw["exist_ok"] is True
+    assert calls[-1][2]["revision"] == revision and calls[-1][2]["repo_id"] == "me/pred"

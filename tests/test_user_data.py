@@ -130,3 +130,74 @@ def test_an_empty_split_and_an_unknown_split_are_refused(tmp_path):
     (tmp_path / "d.txt").write_text("x")
     with pytest.raises(ValueError, match="reads .jsonl, .json, .csv, .parquet"):
         load_user_dataset(tmp_path / "d.txt")
+
+
+def test_an_empty_file_is_refused_like_a_header_only_one(tmp_path):
+    for name, content in (("e.jsonl", ""), ("e.csv", ""), ("blank.jsonl", "\n\n"), ("e.json", "[]")):
+        (tmp_path / name).write_text(content)
+        with pytest.raises(ValueError, match=f"split 'train' of .*{name} is empty: nothing to probe"):
+            load_user_dataset(tmp_path / name)
+
+
+def test_a_mistyped_file_name_is_no_such_file_not_a_hub_lookup(tmp_path, tiny_dir, capsys):
+    path = tmp_path / "missing.jsonl"
+    with pytest.raises(FileNotFoundError, match="no such file: .*missing.jsonl"):
+        load_user_dataset(path)
+    assert main(["select", "--model", str(tiny_dir), "--task", str(path), "--top-k", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "missing.jsonl" in err and "Hub" not in err
+
+
+def test_the_roles_a_column_mapping_names_decide_the_shape():
+    chat = _chats(1)[0]["messages"]
+    data = datasets.Dataset.from_list([{"review": f"r{i}", "stars": i % 2, "messages": chat, "prompt": "p",
+                                        "completion": "c"} for i in range(4)])
+    assert detect_shape(data)[0] == "messages"  # no mapping: the first complete shape
+    assert detect_shape(data, {"text": "review", "label": "stars"})[0] == "classification"
+    assert detect_shape(data, {"label": "stars", "text": "review"})[1]["text"] == "review"
+    assert detect_shape(data, {"completion": "review"})[0] == "prompt_completion"
+    with pytest.raises(ValueError, match=r"makes d classification data, which also needs text \(column 'text'\)"):
+        detect_shape(data, {"label": "stars"}, "d")
+    with pytest.raises(ValueError, match="names roles of different shapes"):
+        detect_shape(data, {"text": "review", "prompt": "prompt"})
+
+
+def test_a_classification_mapping_wins_over_a_messages_column(tmp_path):
+    chat = _chats(1)[0]["messages"]
+    path = _jsonl(tmp_path / "r.jsonl", [{"review": f"text {i}", "stars": ["bad", "good"][i % 2], "messages": chat}
+                                         for i in range(20)])
+    task = user_task(str(path), columns={"text": "review", "label": "stars"})
+    assert task.label_names == ["bad", "good"]
+
+
+def test_missing_labels_are_refused_naming_the_rows(tmp_path):
+    path = _jsonl(tmp_path / "n.jsonl", [{"text": f"t{i}", "label": [0, 1, None][i % 3]} for i in range(20)])
+    with pytest.raises(ValueError, match=r"column 'label' of .*n.jsonl is empty \(null\) in 6 rows: "
+                                         r"\[2, 5, 8, 11, 14\] and 1 more"):
+        user_task(str(path))
+    (tmp_path / "gap.csv").write_text("text,label\na,0\nb,1\nc,\nd,1\n")
+    with pytest.raises(ValueError, match=r"column 'label' of .*gap.csv is empty \(null\) in 1 rows: \[2\]"):
+        user_task(str(tmp_path / "gap.csv"))
+
+
+def test_conversations_stored_as_json_text_in_a_csv(tmp_path, tok):
+    rows = _chats(6)
+    datasets.Dataset.from_list([{"messages": json.dumps(r["messages"])} for r in rows]).to_csv(tmp_path / "c.csv")
+    data = load_user_dataset(tmp_path / "c.csv")
+    shape, cols = detect_shape(data)
+    got = sft_batch(data, tok, shape=shape, columns=cols, batch_size=6, max_length=64)
+    want = sft_batch(datasets.Dataset.from_list(rows), tok, shape=shape, columns=cols, batch_size=6, max_length=64)
+    assert all(got[k].equal(want[k]) for k in want)
+    for bad in ("not json", json.dumps([{"role": "user"}]), json.dumps("hi")):
+        cells = [json.dumps(r["messages"]) for r in rows[:3]] + [bad]
+        data = datasets.Dataset.from_list([{"messages": c} for c in cells])
+        with pytest.raises(ValueError, match="example 3: column 'messages' "):
+            sft_batch(data, tok, shape="messages", columns=cols, batch_size=4)
+
+
+def test_a_null_completion_is_refused_naming_the_example(tok):
+    rows = _pc_rows(4)
+    rows[1]["completion"] = None
+    data = datasets.Dataset.from_list(rows)
+    with pytest.raises(ValueError, match=r"example 1: column 'completion' is empty \(null\)"):
+        sft_batch(data, tok, shape="prompt_completion", columns=detect_shape(data)[1], batch_size=4)

@@ -29,22 +29,44 @@ def _columns(text: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _dtype(text: str) -> str:
+    return _DTYPE_ALIASES.get(text.strip().lower(), text.strip().lower())
+
+
 def _add_model_task(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="'minilm' or 'smollm2' (packaged, offline), a Hub model id, or a local path")
     p.add_argument("--task", default=DEFAULT_TASK,
                    help="a packaged task (bbc_news, twitter_sentiment, bigbench:<task>[/<subtask>]) or your data: a "
                         "jsonl/json/csv/parquet file, a dataset directory, or a datasets name")
-    p.add_argument("--split", default="train", help="split of your data to draw the probe batch from")
+    p.add_argument("--split", default="train",
+                   help="split to draw the probe batch from: one of your data's, or train/validation/test of a "
+                        "packaged task")
     p.add_argument("--columns", default=None, type=_columns,
-                   help="column mapping of your data, e.g. text=review,label=stars or prompt=question,"
-                        "completion=answer or messages=chat (default: those names)")
+                   help="column mapping of your data (not of a packaged task), e.g. text=review,label=stars or "
+                        "prompt=question,completion=answer or messages=chat (default: those names)")
     p.add_argument("--head", default="auto", choices=["auto", "seq_cls", "multiple_choice", "causal_lm"])
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--max-length", type=_positive_int, default=128,
+                   help="tokens per sequence (at most the model's max_position_embeddings)")
     p.add_argument("--seed", type=int, default=0, help="which training examples form the batch; head init")
     p.add_argument("--split-seed", type=int, default=0, help="train/validation/test split of the task")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    p.add_argument("--dtype", default=None, type=_dtype, choices=_DTYPES,
+                   help="float32 (default), bfloat16, float16 (or fp32, bf16, fp16)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
 
 
@@ -355,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("repo_id")
     p.add_argument("--private", action="store_true")
-    p.add_argument("--revision", default=None)
+    p.add_argument("--revision", default=None, help="branch to upload to (created if it does not exist)")
     p.set_defaults(func=_cmd_push)
 
     p = command("train-predictor")

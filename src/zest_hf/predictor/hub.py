@@ -119,7 +119,8 @@ def _check_files(path: Path) -> None:
 
 def push_predictor(directory: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
                    token: str | None = None) -> str:
-    """Upload a predictor directory (config.json, model.safetensors, README.md) as a Hub model repo."""
+    """Upload a predictor directory (config.json, model.safetensors, README.md) as a Hub model repo; with
+    ``revision``, to that branch (created from the default branch if it does not exist yet)."""
     from huggingface_hub import HfApi
 
     path = Path(directory)
@@ -127,6 +128,9 @@ def push_predictor(directory: str | os.PathLike, repo_id: str, *, private: bool 
     ZestPredictor.from_pretrained(path)  # refuse to publish something that does not load
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(folder_path=str(path), repo_id=repo_id, revision=revision,
+    if revision and revision != "main":
+        # upload_folder only commits to a branch that exists
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model", token=token)
+    info = api.upload_folder(folder_path=str(path), repo_id=repo_id, revision=revision, repo_type="model",
                              allow_patterns=["config.json", "model.safetensors", "README.md"])
     return str(getattr(info, "commit_url", info))

@@ -35,6 +35,7 @@ __all__ = [
     "tokenize_task",
     "collator_for",
     "make_batch",
+    "check_max_length",
     "as_multiple_choice",
 ]
 
@@ -82,6 +83,26 @@ def prepare_tokenizer(tokenizer, model=None):
         if config is not None and getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = tokenizer.pad_token_id
     return tokenizer
+
+
+def check_max_length(max_length: int, *, config=None, tokenizer=None, model: str = "the model") -> None:
+    """Refuse a ``max_length`` beyond the positions the model has: ``config.max_position_embeddings``, or the
+    tokenizer's ``model_max_length`` where it is set (transformers puts a huge placeholder there otherwise).
+
+    A longer sequence fails only inside the model's forward (a shape error that does not say why), or, with rotary
+    positions, runs on positions the model never saw. It needs only the config or the tokenizer, so callers check
+    before the weights load.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be a positive number of tokens, got {max_length}")
+    limits = [(getattr(config, "max_position_embeddings", None), "config.max_position_embeddings"),
+              (getattr(tokenizer, "model_max_length", None), "tokenizer.model_max_length")]
+    limits = [(n, where) for n, where in limits if isinstance(n, int) and 0 < n < 1_000_000]
+    if limits:
+        limit, where = min(limits)
+        if max_length > limit:
+            raise ValueError(f"max_length={max_length} is more than {model} takes: {limit} tokens ({where}); "
+                             f"pass --max-length {limit} or less")
 
 
 # -------------------------------------------------------------------------------------------- split introspection

@@ -3,12 +3,14 @@ LoRA mode (a stock LoRA adapter that stock peft loads without zest_hf), and the 
 
 import copy
 import dataclasses
+import functools
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import peft
 import pytest
 import torch
@@ -22,7 +24,8 @@ from torch import nn
 import zest_hf
 import zest_hf.rank
 from zest_hf import MissingLabelsError, NoTargetsError, SelectionError, ZestConfig
-from zest_hf.peft_method import PEFT_TYPE, SELECTION_FILE, ZestAdapterError, ZestLayer, ZestModel, register
+from zest_hf.peft_method import (PEFT_TYPE, SELECTION_FILE, ZestAdapterError, ZestLayer, ZestLoraConfig, ZestModel,
+                                 register)
 from zest_hf.peft_method.config import ZestNotSelectedError
 from zest_hf.selection import choose
 
@@ -108,6 +111,12 @@ def test_config_documents_every_field():
     ({"top_k": 2, "target_modules": ["q_proj"]}, "chooses target_modules itself"),
     ({"selected_modules": ["a", "a"]}, "duplicates"),
     ({"selected_modules": ["a", "b"], "selection_scores": [1.0]}, "1 entries for 2"),
+    ({"selected_modules": ["a", "b"], "selection_scores": [1.0, float("nan")]},
+     r"selection_scores\[1\] must be a finite number, got nan \(the score of b"),
+    ({"top_k": 2, "probe_seed": None}, "probe_seed must be an integer >= 0, got None"),
+    ({"top_k": 2, "probe_seed": "1"}, "probe_seed must be an integer >= 0, got '1'"),
+    ({"top_k": 2, "probe_seed": 1.5}, "probe_seed must be an integer >= 0, got 1.5"),
+    ({"top_k": 2, "probe_seed": -1}, "probe_seed must be >= 0"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -124,6 +133,57 @@ def test_resolved_config_round_trips_through_json(tmp_path):
     assert ZestConfig.from_pretrained(tmp_path / "zest.json").selected_modules == cfg.selected_modules
     with pytest.raises(SelectionError, match="holds no ZEST selection"):
         ZestConfig.from_pretrained(tmp_path)
+
+
+def test_numpy_numbers_become_plain_numbers_that_save(tmp_path):
+    cfg = ZestConfig(top_k=np.int64(2), r=np.int64(4), lora_alpha=np.int32(8), lora_dropout=np.float32(0.25),
+                     cost_weight=np.float64(0.5), probe_batch_size=np.int64(3), probe_seed=np.int64(7))
+    values = {k: getattr(cfg, k) for k in ("top_k", "r", "lora_alpha", "probe_batch_size", "probe_seed")}
+    assert values == {"top_k": 2, "r": 4, "lora_alpha": 8, "probe_batch_size": 3, "probe_seed": 7}
+    assert all(type(v) is int for v in values.values())
+    assert type(cfg.lora_dropout) is float and type(cfg.cost_weight) is float and cfg.lora_dropout == 0.25
+    budgeted = ZestConfig(budget=np.float32(0.5), selected_modules=["a"], selection_scores=[np.float32(1.5)])
+    assert type(budgeted.budget) is float and type(budgeted.selection_scores[0]) is float
+
+    # selected with a numpy top_k, the full-mode adapter saves whole and loads back
+    model = tiny_bert_cls()
+    base = copy.deepcopy(model)
+    pm = peft.get_peft_model(model, resolved(model, cls_batch(), top_k=np.int64(2)))
+    pm.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["top_k"] == 2
+    assert zest_hf.load_adapter(base, tmp_path).peft_config["default"].top_k == 2
+
+
+def test_a_torn_adapter_config_is_a_clear_error_naming_it(tmp_path):
+    model = tiny_bert_cls()
+    peft.get_peft_model(model, resolved(model, cls_batch(), top_k=1)).save_pretrained(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("")  # what a save killed mid-write leaves
+    for load in (ZestConfig.from_pretrained, lambda p: zest_hf.load_adapter(tiny_bert_cls(), p)):
+        with pytest.raises(ValueError, match=f"{tmp_path / 'adapter_config.json'} is not valid JSON"):
+            load(tmp_path)
+
+
+def test_exclude_modules_is_spent_at_selection_and_peft_does_not_warn(tmp_path, recwarn):
+    batch = token_batch()
+    batch["labels"] = batch["input_ids"].clone()
+    cfg = resolved(tiny_llama(), batch, top_k=2, exclude_modules=["mlp.gate_proj"])
+    assert not any(n.endswith("gate_proj") for n in cfg.selected_modules)
+    assert cfg.exclude_modules is None and cfg.selection_info["exclude_modules"] == ["mlp.gate_proj"]
+    pm = peft.get_peft_model(tiny_llama(), cfg)
+    pending = peft.get_peft_model(tiny_llama(), ZestConfig(top_k=2, predictor=PRED, exclude_modules="m.*gate_proj"))
+    pending.train()
+    pending(**batch)  # selects on its first training batch
+    assert pending.peft_config["default"].selection_info["exclude_modules"] == "m.*gate_proj"
+    assert not [w for w in recwarn if "exclude_modules" in str(w.message)]
+    pm.save_pretrained(tmp_path)
+    back = ZestConfig.from_pretrained(tmp_path)
+    assert back.selection_info == cfg.selection_info and back.selected_modules == cfg.selected_modules
+    # a config saved with exclude_modules set, by an earlier zest_hf, reads back the same way
+    d = json.loads((tmp_path / "adapter_config.json").read_text())
+    d["exclude_modules"] = ["mlp.gate_proj"]
+    del d["selection_info"]["exclude_modules"]
+    old = ZestConfig.from_dict(d)
+    assert old.exclude_modules is None and old.selection_info == cfg.selection_info
 
 
 # --------------------------------------------------------------------------------------------------- selection
@@ -354,3 +414,105 @@ def test_a_head_the_model_lacks_is_refused_before_anything_changes():
     assert not any(isinstance(m, BaseTunerLayer) for m in llama.modules())
     assert all(torch.equal(v, state[k]) for k, v in llama.state_dict().items())
     assert all(p.requires_grad for p in llama.parameters())
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+def trained_adapter(path, mode):
+    """A trained adapter of a tiny BERT classifier saved at ``path``: (untouched base, config, batch, logits)."""
+    model = tiny_bert_cls()
+    base = copy.deepcopy(model)
+    batch = cls_batch()
+    cfg = resolved(model, batch, top_k=2, mode=mode, r=4)
+    pm = peft.get_peft_model(model, cfg)
+    train_steps(pm, batch)
+    with torch.no_grad():
+        ref = pm(**batch).logits
+    pm.save_pretrained(path)
+    return base, cfg, batch, ref
+
+
+def test_a_loaded_lora_adapter_saved_again_keeps_its_selection(tmp_path):
+    base, cfg, batch, ref = trained_adapter(tmp_path / "0", "lora")
+    for i in (1, 2):
+        loaded = zest_hf.load_adapter(copy.deepcopy(base), tmp_path / str(i - 1), is_trainable=True)
+        lora_cfg = loaded.peft_config["default"]
+        assert isinstance(lora_cfg, ZestLoraConfig) and lora_cfg.zest_config.selected_modules == cfg.selected_modules
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(**batch).logits, ref)
+        loaded.save_pretrained(tmp_path / str(i))
+        again = ZestConfig.from_pretrained(tmp_path / str(i))
+        assert (again.mode, again.selected_modules, again.selection_scores) == (
+            "lora", cfg.selected_modules, cfg.selection_scores)
+        written = json.loads((tmp_path / str(i) / "adapter_config.json").read_text())
+        assert written["peft_type"] == "LORA" and written["r"] == 4
+        assert sorted(written["target_modules"]) == sorted(cfg.selected_modules)
+        assert not set(written) - {f.name for f in dataclasses.fields(peft.LoraConfig)} - {"auto_mapping"}
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_load_adapter_reads_a_subfolder(tmp_path, mode):
+    base, cfg, batch, ref = trained_adapter(tmp_path / "sub", mode)
+    loaded = zest_hf.load_adapter(base, tmp_path, subfolder="sub")
+    assert loaded.peft_config["default"].target_modules == set(cfg.selected_modules) or (
+        loaded.peft_config["default"].selected_modules == cfg.selected_modules)
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, ref)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} has no subfolder 'other'"):
+        zest_hf.load_adapter(tiny_bert_cls(), tmp_path, subfolder="other")
+
+
+def serve_as_hub(monkeypatch, served):
+    """Make ``hf_hub_download`` (huggingface_hub's and the copies peft imported) serve files of the local directory
+    ``served``, as the Hub would serve the repo; returns the list of calls."""
+    import huggingface_hub
+    import peft.config
+    import peft.utils.save_and_load
+    from huggingface_hub.utils import EntryNotFoundError
+
+    calls = []
+
+    @functools.wraps(huggingface_hub.hf_hub_download)  # its signature: peft sorts kwargs by it
+    def download(repo_id, filename, subfolder=None, **kwargs):
+        calls.append((repo_id, filename, subfolder, kwargs.get("revision")))
+        # peft's offline branch passes the subfolder twice, in the filename too
+        path = served / filename if (served / filename).is_file() else served / (subfolder or "") / filename
+        if not path.is_file():
+            raise EntryNotFoundError(f"{filename} is not in {repo_id}")
+        return str(path)
+
+    for module in (huggingface_hub, peft.config, peft.utils.save_and_load):
+        monkeypatch.setattr(module, "hf_hub_download", download)
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_load_adapter_reads_a_hub_repo_and_checks_its_weights(tmp_path, monkeypatch, mode):
+    base, cfg, batch, ref = trained_adapter(tmp_path / "sub", mode)
+    calls = serve_as_hub(monkeypatch, tmp_path)
+    repo = "someuser/zest-adapter"
+    got = ZestConfig.from_pretrained(repo, subfolder="sub", revision="v1")
+    assert type(got) is ZestConfig and got.mode == mode and got.selected_modules == cfg.selected_modules
+    loaded = zest_hf.load_adapter(copy.deepcopy(base), repo, subfolder="sub", revision="v1")
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, ref)
+    fetched = {c[1] for c in calls}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= fetched
+    assert (SELECTION_FILE in fetched) == (mode == "lora")
+    assert all(c[0] == repo and c[3] == "v1" for c in calls)
+    assert all(c[2] == "sub" for c in calls if c[1] in ("adapter_config.json", SELECTION_FILE))
+
+    # a selection file from another save is refused on the weights check, before the base is touched
+    selection = tmp_path / "sub" / (SELECTION_FILE if mode == "lora" else "adapter_config.json")
+    d = json.loads(selection.read_text())
+    other = next(t.name for t in zest_hf.find_targets(base) if t.name not in d["selected_modules"])
+    d["selected_modules"] = d["target_modules"] = [other]
+    d["selection_scores"] = [1.0]
+    selection.write_text(json.dumps(d))
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    with pytest.raises(SelectionError, match="does not hold the selection its config names"):
+        zest_hf.load_adapter(base, repo, subfolder="sub", revision="v1")
+    assert not any(isinstance(m, BaseTunerLayer) for m in base.modules()) and "peft_config" not in vars(base)
+    assert all(torch.equal(v, state[k]) for k, v in base.state_dict().items())
+
+    with pytest.raises(SelectionError, match=f"{repo} \\(Hub, subfolder elsewhere\\) holds no ZEST selection"):
+        ZestConfig.from_pretrained(repo, subfolder="elsewhere")

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -64,6 +65,27 @@ def test_a_malformed_file_is_a_clear_error_naming_it(kind, content, match, tmp_p
     assert str(path) in str(e.value)
     with pytest.raises(FileNotFoundError, match="no .* file at"):
         type(OBJECTS[kind]()).from_json(tmp_path / "missing.json")
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a directory; give the path of the .* JSON file"):
+        type(OBJECTS[kind]()).from_json(tmp_path)
+
+
+def test_written_files_get_the_mode_a_plain_write_gives(tmp_path):
+    from zest_hf.serialization import atomic_target, write_atomic
+
+    old = os.umask(0o022)
+    try:
+        OBJECTS["ZestConfig"]().to_json(tmp_path / "new.json")
+        with atomic_target(tmp_path / "new.bin") as tmp:
+            tmp.write_bytes(b"x")
+        (tmp_path / "kept.json").write_text("{}")
+        os.chmod(tmp_path / "kept.json", 0o640)
+        write_atomic(tmp_path / "kept.json", "{}")  # an existing file keeps its own mode
+        os.umask(0o077)
+        write_atomic(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"new.json": 0o644, "new.bin": 0o644, "kept.json": 0o640, "private.json": 0o600}
 
 
 WRITER = """

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -38,11 +39,27 @@ def atomic_target(path: str | os.PathLike):
             os.fsync(fd)  # the bytes are on disk before the rename makes them the file
         finally:
             os.close(fd)
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes the file 0600, readable by its owner only
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would leave: the file's own if it exists, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        pass
+    try:  # the umask can only be set to be read, which races with other threads; Linux shows it here
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
@@ -62,6 +79,8 @@ def read_json(path_or_text: str | os.PathLike, what: str) -> tuple[dict, str]:
             text = Path(text).read_text()
         except FileNotFoundError:
             raise FileNotFoundError(f"no {what} file at {source}") from None
+        except IsADirectoryError:
+            raise IsADirectoryError(f"{source} is a directory; give the path of the {what} JSON file in it") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -9,7 +9,6 @@ reloads with :meth:`ZestConfig.from_pretrained` or :meth:`ZestConfig.from_json`,
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from peft import LoraConfig, PeftConfig
 
 from ..defaults import DEFAULT_PREDICTOR
 from ..errors import SelectionError, ZestNotSelectedError
-from ..serialization import JsonSerializable, check_keys
+from ..serialization import JsonSerializable, check_keys, read_json
 from ..validation import check_cost_weight, check_int, check_real, check_size
 
 __all__ = ["ZestConfig", "ZestLoraConfig", "PEFT_TYPE", "PREFIX", "MODES", "SELECTION_FILE", "ZestNotSelectedError"]
@@ -75,7 +74,9 @@ class ZestConfig(JsonSerializable, PeftConfig):
             names). A string is a regular expression `re.fullmatch`-ed against full module names; a list matches
             names exactly or as a dot-bounded suffix.
         exclude_modules (`Union[list[str], str]`, *optional*):
-            Candidates to leave out, in the same forms as `candidates`.
+            Candidates to leave out, in the same forms as `candidates`. It is spent once the selection is made: a
+            resolved config records it in `selection_info["exclude_modules"]` instead (peft would read it here as its
+            own option).
         mode (`str`, defaults to `"full"`):
             `"full"`: train the selected weights (and biases) themselves, in place; everything else is frozen. They
             are base weights, so use a full-fine-tuning learning rate, not a LoRA one (measured rates: README,
@@ -107,7 +108,8 @@ class ZestConfig(JsonSerializable, PeftConfig):
             Examples in the batch `zest_hf.prepare_trainer` draws from the Trainer's training data for the probe
             (default: the Trainer's per-device train batch size). `zest_hf.select` probes the batch it is given.
         probe_seed (`int`, defaults to 0):
-            Seeds the probe (and the draw of the Trainer's probe batch); the caller's random state is restored.
+            Seeds the probe (and the draw of the Trainer's probe batch); the caller's random state is restored. An
+            integer >= 0.
         selected_modules (`list[str]`, *optional*):
             The resolved selection: exact full module names, best first. Filled by `zest_hf.select`; a config that
             has it never probes again. Set it yourself to train a fixed set of layers.
@@ -185,11 +187,13 @@ class ZestConfig(JsonSerializable, PeftConfig):
                 f"predictor must be a name, a directory or 'metric:<column>', got {type(self.predictor).__name__}; "
                 "save a ZestPredictor object with .save_pretrained(dir) and pass the directory"
             )
-        check_cost_weight(self.cost_weight, error=ValueError)
-        check_int("r", self.r)
-        check_real("lora_alpha", self.lora_alpha, low=0, low_open=True)
-        check_real("lora_dropout", self.lora_dropout, low=0, high=1, high_open=True)
-        check_int("probe_batch_size", self.probe_batch_size, optional=True)
+        # the checks hand back plain Python numbers: a numpy one passes them but would stop the JSON writers
+        self.cost_weight = check_cost_weight(self.cost_weight, error=ValueError)
+        self.r = check_int("r", self.r)
+        self.lora_alpha = check_real("lora_alpha", self.lora_alpha, low=0, low_open=True)
+        self.lora_dropout = check_real("lora_dropout", self.lora_dropout, low=0, high=1, high_open=True)
+        self.probe_batch_size = check_int("probe_batch_size", self.probe_batch_size, optional=True)
+        self.probe_seed = check_int("probe_seed", self.probe_seed, minimum=0)
         if self.modules_to_save is not None:
             self.modules_to_save = [self.modules_to_save] if isinstance(self.modules_to_save, str) else list(
                 self.modules_to_save)
@@ -199,7 +203,7 @@ class ZestConfig(JsonSerializable, PeftConfig):
                     "ZestConfig chooses target_modules itself. To restrict what it may choose, pass "
                     "candidates=...; to train a fixed set of modules, pass selected_modules=[full names]."
                 )
-            check_size(self.top_k, self.budget)
+            self.top_k, self.budget = check_size(self.top_k, self.budget)
             return
         self._check_resolved()
 
@@ -211,12 +215,21 @@ class ZestConfig(JsonSerializable, PeftConfig):
         if len(set(self.selected_modules)) != len(self.selected_modules):
             raise ValueError(f"selected_modules has duplicates: {self.selected_modules}")
         if self.selection_scores is not None:  # None for a selection given by hand
-            self.selection_scores = [float(s) for s in self.selection_scores]
+            self.selection_scores = list(self.selection_scores)
             if len(self.selection_scores) != len(self.selected_modules):
                 raise ValueError(f"selection_scores has {len(self.selection_scores)} entries for "
                                  f"{len(self.selected_modules)} selected modules")
+            self.selection_scores = [
+                float(check_real(f"selection_scores[{i}]", s, hint=f" (the score of {n}; leave selection_scores None "
+                                                                  "for a selection given by hand)"))
+                for i, (n, s) in enumerate(zip(self.selected_modules, self.selection_scores))]
         if self.top_k is not None or self.budget is not None:
-            check_size(self.top_k, self.budget)
+            self.top_k, self.budget = check_size(self.top_k, self.budget)
+        if self.exclude_modules is not None:
+            # The exclusion was applied when the candidates were ranked. Left in exclude_modules, peft reads it as
+            # its own option and warns that it excluded nothing; selection_info keeps it, saved with the rest.
+            self.selection_info = {**(self.selection_info or {}), "exclude_modules": self.exclude_modules}
+            self.exclude_modules = None
         targets = self.target_modules
         if targets is not None and (isinstance(targets, str) or set(targets) != set(self.selected_modules)):
             raise ValueError(
@@ -301,34 +314,81 @@ class ZestConfig(JsonSerializable, PeftConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder: Optional[str] = None, **kwargs):
-        """Load the ZEST config of a saved adapter or Trainer checkpoint.
+        """Load the ZEST config of a saved adapter or Trainer checkpoint, a local directory or a Hub repo id.
 
         Reads a full-mode adapter's ``adapter_config.json``, or a LoRA-mode adapter's ``zest_selection.json``, or a
-        JSON file written by :meth:`to_json`; Hub repo ids go through peft's usual loader.
+        JSON file written by :meth:`to_json`, and checks the adapter's weights file against the selection. ``kwargs``
+        that ``huggingface_hub.hf_hub_download`` takes (``revision``, ``token``, ``cache_dir``...) go to it for a
+        repo id; the others (those of ``PeftModel.from_pretrained``) are ignored.
         """
-        path = Path(pretrained_model_name_or_path)
-        if subfolder:
-            path = path / subfolder
+        location = Path(pretrained_model_name_or_path)
+        path = location / subfolder if subfolder else location
         if path.is_file():
             return cls.from_json(path)
-        if path.is_dir():
-            adapter_cfg = path / "adapter_config.json"
-            if adapter_cfg.is_file() and json.loads(adapter_cfg.read_text()).get("peft_type") == "ZEST":
-                config = cls.from_json(adapter_cfg)
-            elif (path / SELECTION_FILE).is_file():
-                config = cls.from_json(path / SELECTION_FILE)
-            else:
-                config = None
-            if config is not None:
-                # peft reads this config before it touches the base model, and the weights only after wrapping it:
-                # checking the weights file here is what keeps a failed load from leaving the base changed
-                check_adapter_weights(path, config)
-                return config
-            raise SelectionError(
-                f"{path} holds no ZEST selection (neither a ZEST adapter_config.json nor {SELECTION_FILE}); it was not "
-                "saved by a ZEST model."
-            )
-        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        if location.exists():
+            where = str(path)
+            if not path.is_dir():
+                raise FileNotFoundError(f"no ZEST adapter at {path}: {location} has no subfolder {subfolder!r}")
+
+            def fetch(name: str, required: bool = True) -> Path | None:
+                return path / name if (path / name).is_file() else None
+        else:
+            from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+            repo = str(pretrained_model_name_or_path)
+            where = f"{repo} (Hub{f', subfolder {subfolder}' if subfolder else ''})"
+            hub = hub_kwargs(kwargs)
+
+            def fetch(name: str, required: bool = True) -> Path | None:
+                """The file, None if the repo lacks it; ``required``: a file that could not be looked up is an error
+                (offline and not cached says nothing about the repo)."""
+                import huggingface_hub
+
+                try:
+                    return Path(huggingface_hub.hf_hub_download(repo, name, subfolder=subfolder, **hub))
+                except LocalEntryNotFoundError as e:
+                    if not required:
+                        return None
+                    error = e
+                except EntryNotFoundError:
+                    return None
+                except Exception as e:  # an unknown repo, a path that does not exist, no network
+                    error = e
+                raise FileNotFoundError(
+                    f"no ZEST adapter at {where}: not a local directory or file, and {name} could not be fetched from "
+                    f"the Hub ({type(error).__name__}: {error})")
+
+        config = None
+        adapter_cfg = fetch("adapter_config.json")
+        if adapter_cfg is not None:
+            data, source = read_json(adapter_cfg, "peft adapter config")
+            if data.get("peft_type") == "ZEST":
+                config = cls.from_dict(data, source=source)
+        if config is None:
+            selection = fetch(SELECTION_FILE)
+            if selection is None:
+                raise SelectionError(
+                    f"{where} holds no ZEST selection (neither a ZEST adapter_config.json nor {SELECTION_FILE}); it "
+                    "was not saved by a ZEST model."
+                )
+            config = cls.from_json(selection)
+        weights = fetch(WEIGHTS_FILE, required=False)  # peft falls back to adapter_model.bin
+        if weights is not None:
+            # peft reads this config before it touches the base model, and the weights only after wrapping it:
+            # checking the weights file here is what keeps a failed load from leaving the base changed
+            check_adapter_weights(weights.parent, config)
+        return config
+
+
+def hub_kwargs(kwargs: dict) -> dict:
+    """The keyword arguments among ``kwargs`` that ``huggingface_hub.hf_hub_download`` takes (``subfolder`` apart),
+    as ``PeftModel.from_pretrained`` passes them on: the others are its own."""
+    import inspect
+
+    from huggingface_hub.file_download import hf_hub_download
+
+    known = set(inspect.signature(hf_hub_download).parameters) - {"repo_id", "filename", "subfolder"}
+    return {k: v for k, v in kwargs.items() if k in known}
 
 
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -413,6 +473,20 @@ class ZestLoraConfig(LoraConfig):
     selection it came from in ``zest_selection.json``. Stock peft, without zest_hf, loads what it saves."""
 
     zest_config = None  # a plain class attribute, not a dataclass field: it stays out of adapter_config.json
+
+    @classmethod
+    def from_lora(cls, lora: PeftConfig, zest_config: ZestConfig) -> ZestLoraConfig:
+        """``lora`` (a LoRA-mode adapter's saved stock config, every field as saved) recording ``zest_config``, so
+        that saving the loaded adapter again writes the selection too."""
+        if not isinstance(lora, LoraConfig):
+            raise SelectionError(
+                f"the adapter's {SELECTION_FILE} is a LoRA-mode ZEST selection, but its adapter_config.json is a "
+                f"{type(lora).__name__} (peft_type {lora.peft_type}); the two files come from different saves: "
+                "re-save the adapter."
+            )
+        cfg = cls(**{f.name: getattr(lora, f.name) for f in dataclasses.fields(lora) if f.init})
+        cfg.zest_config = zest_config
+        return cfg
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         super().save_pretrained(save_directory, **kwargs)

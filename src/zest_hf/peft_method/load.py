@@ -13,7 +13,7 @@ import os
 import torch
 from torch import nn
 
-from .config import ZestConfig
+from .config import ZestConfig, ZestLoraConfig, hub_kwargs
 from .model import check_modules
 
 __all__ = ["load_adapter"]
@@ -25,9 +25,11 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, adapter_name: str
 
     Args:
         model: The base transformers model the adapter was trained from (same architecture and size).
-        path: The adapter directory (full mode: a ZEST ``adapter_config.json``; LoRA mode: the stock LoRA adapter
-            with ``zest_selection.json`` beside it).
-        adapter_name / is_trainable / kwargs: As for ``peft.PeftModel.from_pretrained``.
+        path: The adapter directory or Hub repo id (full mode: a ZEST ``adapter_config.json``; LoRA mode: the stock
+            LoRA adapter with ``zest_selection.json`` beside it).
+        adapter_name / is_trainable / kwargs: As for ``peft.PeftModel.from_pretrained`` (``subfolder``, ``revision``,
+            ``token``...), but for ``config``: the adapter's own is used. A LoRA-mode adapter's config is a
+            :class:`ZestLoraConfig` that keeps the selection when the model is saved again.
 
     Raises:
         SelectionError: the weights file is torn or holds another selection than its config, or the selection names
@@ -38,12 +40,22 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, adapter_name: str
     """
     import peft
 
-    config = ZestConfig.from_pretrained(path)  # reads the selection and checks the weights file against it
+    if "config" in kwargs:
+        raise TypeError("load_adapter reads the config saved with the adapter; to load the weights under another "
+                        "config, call peft.PeftModel.from_pretrained(model, path, config=...)")
+    # reads the selection (subfolder and Hub kwargs as peft reads the adapter) and checks the weights file against it
+    config = ZestConfig.from_pretrained(path, **kwargs)
     check_modules(model, config)
+    peft_config = config
+    if config.mode == "lora":
+        # the stock LoRA config as saved, carrying the selection: a loaded adapter saved again keeps its
+        # zest_selection.json
+        saved = peft.PeftConfig.from_pretrained(path, subfolder=kwargs.get("subfolder"), **hub_kwargs(kwargs))
+        peft_config = ZestLoraConfig.from_lora(saved, config)
     touched = set(config.selected_modules) | set(config.modules_to_save or [])
     with _restored_on_failure(model, touched):
         return peft.PeftModel.from_pretrained(model, path, adapter_name=adapter_name, is_trainable=is_trainable,
-                                              **kwargs)
+                                              config=peft_config, **kwargs)
 
 
 class _restored_on_failure:

@@ -35,3 +35,25 @@ def test_lisa_refuses_what_cannot_be_drawn():
         LisaCallback(tiny_llama(), n_layers=3)
     with pytest.raises(ValueError, match="interval"):
         LisaCallback(tiny_llama(), interval=0)
+
+
+def test_a_resumed_run_trains_the_blocks_the_uninterrupted_run_trained_at_every_step():
+    from types import SimpleNamespace
+
+    model = tiny_llama(num_hidden_layers=8)
+
+    def active_per_step(start, end):
+        lisa = LisaCallback(model, n_layers=2, interval=5, seed=0)
+        lisa.on_train_begin(None, SimpleNamespace(global_step=start), None)
+        active = {}
+        for step in range(start, end):
+            lisa.on_step_begin(None, SimpleNamespace(global_step=step), None)
+            active[step] = [i for i, block in enumerate(lisa.blocks) if next(block.parameters()).requires_grad]
+        return lisa.history, active
+
+    history, full = active_per_step(0, 20)
+    # the uninterrupted draws are those the committed LISA results were run with
+    assert history == [(0, [5, 7]), (5, [1, 2]), (10, [0, 7]), (15, [5, 7])]
+    for start in (1, 5, 10, 12, 19):  # inside an interval and at its first step
+        _, resumed = active_per_step(start, 20)
+        assert resumed == {s: full[s] for s in range(start, 20)}, start

@@ -239,3 +239,27 @@ def test_rank_by_a_single_metric_column():
     assert down.top(1) == res.ranking("snip_mean", descending=False)[:1]
     with pytest.raises(ValueError, match="no registered metric"):
         rank(model, token_batch(), "metric:nonsense")
+
+
+def test_training_leaves_the_callers_random_state_as_it_was():
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    train_predictor([synthetic(0)], ["snip"], steps=5, seed=0)
+    assert torch.equal(torch.rand(3), want)
+
+
+@pytest.mark.parametrize("scores", [np.arange(2.0), np.arange(50.0), np.zeros((42, 2))])
+def test_scores_not_one_per_layer_are_refused_naming_the_model_task(scores):
+    d = synthetic(0)  # 42 layers
+    bad = ModelTask("toyX", "tX", d.layers, d.values, scores)
+    with pytest.raises(ValueError, match=r"model-task toyX/tX has 42 layers but scores of shape"):
+        train_predictor([synthetic(1), bad], ["snip"], steps=5)
+
+
+def test_non_finite_scores_are_refused():
+    d = synthetic(0)
+    scores = d.scores.copy()
+    scores[3] = np.nan
+    with pytest.raises(ValueError, match=r"toy0/t has NaN/inf ground-truth scores \(layers \['m.layers.0.o_proj'\]"):
+        train_predictor([ModelTask(d.model, d.task, d.layers, d.values, scores)], ["snip"], steps=5)

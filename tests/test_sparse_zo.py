@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import transformers
-from helpers import tiny_bert_cls, tiny_llama, token_batch
+from helpers import tiny_bert_cls, tiny_gpt2, tiny_llama, token_batch
 
 from zest_hf import NoTargetsError, find_targets
 from zest_hf.probe import NonFiniteError
@@ -22,6 +22,7 @@ from zest_hf.sparse_zo import (
     load_sparse_zo,
     perturb,
     read_sparse_delta,
+    save_sparse_delta,
     sensitive_mask,
     sparse_layers,
     tunable_values,
@@ -279,12 +280,36 @@ def test_trainer_refuses_gradient_accumulation_before_touching_the_model(tmp_pat
     assert not sparse_layers(model)
 
 
-def test_a_model_cast_to_bf16_after_attaching_is_refused_at_the_first_step(tmp_path):
+def test_a_model_cast_to_bf16_after_attaching_keeps_its_exact_fp32_tuned_values(tmp_path):
+    torch.manual_seed(0)
     model = tiny_llama()
     attach_sparse(model, sensitive_mask(model, [lm_batch()], percent=1.0))
-    model.to(torch.bfloat16)  # casts the fp32 tuned values too
-    with pytest.raises(TypeError, match="fp32"):
-        zo_step(lambda: model(**lm_batch()).loss, tunable_values(model), lr=1e-3, eps=1e-3, seed=0)
+    for v in tunable_values(model):
+        v.data.add_(torch.randn_like(v) * 1e-3)  # values bf16 cannot hold
+    trained = [v.clone() for v in tunable_values(model)]
+    model.to(torch.bfloat16)  # what the Trainer does for bf16_full_eval
+    assert all(v.dtype == torch.float32 and torch.equal(v, t) for v, t in zip(tunable_values(model), trained))
+    with torch.no_grad():
+        assert model(**lm_batch()).logits.dtype == torch.bfloat16
+    save_sparse_delta(model, tmp_path)
+    _, values, _, _ = read_sparse_delta(tmp_path)
+    assert all(torch.equal(values[n], m.values) for n, m in sparse_layers(model).items() if m.values.numel())
+    zo_step(lambda: model(**lm_batch()).loss, tunable_values(model), lr=1e-3, eps=1e-3, seed=0)  # still trainable
+
+
+def test_bf16_full_eval_leaves_the_trained_values_exact(tmp_path):
+    torch.manual_seed(0)
+    trainer = ZOTrainer(model=tiny_llama(), args=zo_args(tmp_path, max_steps=2, bf16_full_eval=True, use_cpu=True),
+                        train_dataset=ListDataset(), eval_dataset=ListDataset(4),
+                        sparse_zo=SparseZOConfig(percent=1.0, mask_batches=1, quantize=None))
+    trainer.train()
+    trained = [v.clone() for v in tunable_values(trainer.model)]
+    trainer.evaluate()  # casts the model to bf16
+    trainer.save_model(str(tmp_path / "out"))
+    _, values, _, _ = read_sparse_delta(tmp_path / "out")
+    layers = {n: m for n, m in sparse_layers(trainer.model).items() if m.values.numel()}
+    assert [v.dtype for v in tunable_values(trainer.model)] == [torch.float32] * len(trained)
+    assert all(torch.equal(values[n], t) for n, t in zip(layers, trained))
 
 
 def test_bf16_model_keeps_fp32_tuned_values():
@@ -342,3 +367,188 @@ def test_load_sparse_zo_rebuilds_the_quantisation_the_run_used(tmp_path, quantiz
         load_sparse_zo(fresh, tmp_path, quantize="nf4")
     assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
     assert not sparse_layers(fresh)
+
+
+# ------------------------------------------------------------------------------------------ GPT-2's Conv1D
+@pytest.mark.parametrize("quantize", [None, "nf4"])
+def test_gpt2_conv1d_projections_compute_what_the_dense_model_does(tmp_path, quantize):
+    """Conv1D stores its weight as (in, out): the sparse layer holds it transposed, the mask and the saved delta
+    index the Conv1D's own weight, so the delta applies to a plain GPT-2 and rebuilds the same model."""
+    torch.manual_seed(0)
+    base = tiny_gpt2().eval()
+    b = lm_batch()
+    mask = sensitive_mask(base, [b], percent=2.0)
+    model = attach_sparse(copy.deepcopy(base), mask, quantize=quantize).eval()
+    assert set(sparse_layers(model)) == {t.name for t in find_targets(base)}
+    for name, m in sparse_layers(model).items():  # the tuned values are the Conv1D's own coordinates
+        assert torch.equal(m.values, base.get_submodule(name).weight.view(-1)[mask.indices[name]])
+    with torch.no_grad():
+        want, got = base(**b), model(**b)
+    if quantize is None:
+        torch.testing.assert_close(got.logits, want.logits)
+    else:  # NF4 rounding only
+        assert abs(got.loss.item() - want.loss.item()) < 0.05 * want.loss.item()
+        assert (got.logits - want.logits).abs().mean() < 0.1 * want.logits.abs().mean()
+
+    for v in tunable_values(model):
+        v.data.add_(0.5)
+    save_sparse_delta(model, tmp_path, SparseZOConfig(quantize=quantize))
+    plain = apply_sparse_delta(copy.deepcopy(base), tmp_path)
+    for name, m in sparse_layers(model).items():
+        assert torch.equal(plain.get_submodule(name).weight.view(-1)[mask.indices[name]], m.values)
+    rebuilt = load_sparse_zo(copy.deepcopy(base), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(**b).logits, model(**b).logits)
+        if quantize is None:
+            torch.testing.assert_close(plain(**b).logits, model(**b).logits)
+
+
+# ---------------------------------------------------------------------------------------- loading and resuming
+def test_load_sparse_zo_rebuilds_the_saved_target_modules_and_refuses_others(tmp_path):
+    torch.manual_seed(0)
+    base = tiny_llama()
+    cfg = SparseZOConfig(percent=1.0, target_modules=["q_proj", "v_proj"])
+    model = copy.deepcopy(base)
+    attach_sparse(model, sensitive_mask(model, [lm_batch()], percent=1.0, target_modules=cfg.target_modules),
+                  target_modules=cfg.target_modules)
+    save_sparse_delta(model, tmp_path, cfg)
+    rebuilt = load_sparse_zo(copy.deepcopy(base), tmp_path)
+    assert set(sparse_layers(rebuilt)) == set(sparse_layers(model)) and len(sparse_layers(model)) == 4
+    b = lm_batch(5)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(**b).logits, model.eval()(**b).logits)
+    same = load_sparse_zo(copy.deepcopy(base), tmp_path, target_modules=["v_proj", "q_proj"])  # same layers
+    assert set(sparse_layers(same)) == set(sparse_layers(model))
+    fresh = copy.deepcopy(base)
+    before = state(fresh)
+    with pytest.raises(ValueError, match=r"target_modules=\['q_proj', 'v_proj'\].*target_modules=None was asked"):
+        load_sparse_zo(fresh, tmp_path, target_modules=None)
+    assert not sparse_layers(fresh) and all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
+
+
+def test_apply_sparse_delta_checks_every_layer_before_writing_any(tmp_path):
+    from safetensors.torch import save_file
+
+    from zest_hf.sparse_zo.io import DELTA_FILE, FORMAT
+
+    q0, q1 = "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"
+    good = {f"{q0}.indices": torch.tensor([0, 1]), f"{q0}.values": torch.tensor([9.0, 9.0]),
+            f"{q0}.shape": torch.tensor([64, 64])}
+    bad_second = {
+        "negative": {f"{q1}.indices": torch.tensor([-5])},
+        "past the end": {f"{q1}.indices": torch.tensor([64 * 64])},
+        "repeated": {f"{q1}.indices": torch.tensor([3, 3]), f"{q1}.values": torch.tensor([1.0, 2.0])},
+        "float indices": {f"{q1}.indices": torch.tensor([3.7])},
+        "shape": {f"{q1}.shape": torch.tensor([64, 64, 1])},
+    }
+    messages = {"negative": "outside", "past the end": "outside", "repeated": "repeats indices",
+                "float indices": "indices \\(integers expected", "shape": "two positive integers"}
+    model = tiny_llama()
+    for case, change in bad_second.items():
+        layer = {f"{q1}.indices": torch.tensor([7]), f"{q1}.values": torch.tensor([9.0]),
+                 f"{q1}.shape": torch.tensor([64, 64]), **change}
+        save_file({**good, **layer}, str(tmp_path / DELTA_FILE), metadata={"format": FORMAT})
+        before = state(model)
+        with pytest.raises(ValueError, match=messages[case]):
+            apply_sparse_delta(model, tmp_path)
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), case
+
+
+def _resume_setup(tmp_path, **cfg):
+    torch.manual_seed(0)
+    base = tiny_llama()
+    cfg = dict(dict(percent=1.0, mask_batches=1, zo_seed=3, quantize=None), **cfg)
+    full = ZOTrainer(model=copy.deepcopy(base), args=zo_args(tmp_path / "a", save_strategy="steps", save_steps=3),
+                     train_dataset=ListDataset(), sparse_zo=SparseZOConfig(**cfg))
+    full.train()
+    return base, cfg, full, tmp_path / "a" / "run" / "checkpoint-3"
+
+
+def test_resuming_a_model_prepared_before_loads_the_checkpoint_and_its_mask_info(tmp_path):
+    base, cfg, full, checkpoint = _resume_setup(tmp_path)
+    resumed = ZOTrainer(model=copy.deepcopy(base), args=zo_args(tmp_path / "b"), train_dataset=ListDataset(),
+                        sparse_zo=SparseZOConfig(**cfg))
+    resumed.prepare_sparse()  # to inspect the model first
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 6
+    assert all(torch.equal(a, b) for a, b in zip(tunable_values(full.model), tunable_values(resumed.model)))
+
+    fresh = ZOTrainer(model=copy.deepcopy(base), args=zo_args(tmp_path / "c"), train_dataset=ListDataset(),
+                      sparse_zo=SparseZOConfig(**cfg))
+    fresh.train(resume_from_checkpoint=str(checkpoint))  # the mask is the checkpoint's, and so is where it came from
+    assert fresh.sparse_zo.mask_info == full.sparse_zo.mask_info and fresh.sparse_zo.mask_info["num_batches"] == 1
+
+    other = ZOTrainer(model=copy.deepcopy(base), args=zo_args(tmp_path / "d"), train_dataset=ListDataset(8),
+                      sparse_zo=SparseZOConfig(**dict(cfg, mask_batches=2)))
+    other.prepare_sparse()  # another mask than the checkpoint's
+    values = [v.clone() for v in tunable_values(other.model)]
+    with pytest.raises(ValueError, match="another mask"):
+        other.train(resume_from_checkpoint=str(checkpoint))
+    assert all(torch.equal(a, b) for a, b in zip(values, tunable_values(other.model)))
+    assert other.sparse_zo.mask_info["num_batches"] == 2
+
+
+@pytest.mark.parametrize("change", [{"zo_seed": 4}, {"eps": 1e-2}, {"weight_decay": 0.1}])
+def test_resuming_with_other_step_settings_is_refused_before_anything_changes(tmp_path, change):
+    base, cfg, _, checkpoint = _resume_setup(tmp_path)
+    key, value = next(iter(change.items()))
+    for prepared in (False, True):
+        model = copy.deepcopy(base)
+        trainer = ZOTrainer(model=model, args=zo_args(tmp_path / "b"), train_dataset=ListDataset(),
+                            sparse_zo=SparseZOConfig(**dict(cfg, **change)))
+        if prepared:
+            trainer.prepare_sparse()
+        before = state(model)
+        with pytest.raises(ValueError, match=rf"{key}=.* there but {value!r} here"):
+            trainer.train(resume_from_checkpoint=str(checkpoint))
+        assert bool(sparse_layers(model)) == prepared
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_load_best_model_at_end_ends_on_the_best_checkpoints_values(tmp_path):
+    torch.manual_seed(0)
+    # the highest eval loss is "best": the first checkpoint, which the later steps move away from
+    args = zo_args(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                   load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True,
+                   learning_rate=0.1)
+    trainer = ZOTrainer(model=tiny_llama(), args=args, train_dataset=ListDataset(), eval_dataset=ListDataset(8),
+                        sparse_zo=SparseZOConfig(percent=5.0, mask_batches=1, quantize=None))
+    trainer.train()
+    best, last = trainer.state.best_model_checkpoint, tmp_path / "run" / "checkpoint-4"
+    assert best is not None and best.endswith("checkpoint-1")
+    _, best_values, _, _ = read_sparse_delta(best)
+    _, last_values, _, _ = read_sparse_delta(last)
+    assert any(not torch.equal(best_values[n], last_values[n]) for n in best_values)
+    assert all(torch.equal(m.values, best_values[n]) for n, m in sparse_layers(trainer.model).items()
+               if m.values.numel())
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(trainer.state.best_metric, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- bad settings
+def test_an_empty_layer_list_and_a_block_size_bitsandbytes_rejects_are_refused_up_front():
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="layers is empty"):
+        sensitive_mask(model, [lm_batch()], layers=[])
+    for bad in (100, 16, 8192):
+        with pytest.raises(ValueError, match=r"blocksize must be one of \(32, 64"):
+            SparseZOConfig(blocksize=bad)
+    mask = sensitive_mask(model, [lm_batch()], percent=1.0)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="blocksize must be one of"):
+        attach_sparse(model, mask, blocksize=100)
+    assert not sparse_layers(model) and {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert SparseZOConfig(blocksize=32).blocksize == 32 and SparseZOConfig(blocksize=4096).blocksize == 4096
+
+
+def test_each_device_draws_its_own_perturbation_and_one_device_draws_as_before():
+    from zest_hf.sparse_zo.step import device_seed
+
+    seed = 12345
+    assert device_seed(seed, torch.device("cpu")) == seed
+    assert device_seed(seed, torch.device("cuda", 0)) == seed == device_seed(seed, "cuda")
+    others = [device_seed(seed, torch.device("cuda", i)) for i in range(1, 8)]
+    assert seed not in others and len(set(others)) == len(others)
+    # on the CPU perturb draws from the seed itself, as it always did
+    p = torch.zeros(5)
+    perturb([p], seed, 1.0)
+    assert torch.equal(p, torch.randn(5, generator=torch.Generator().manual_seed(seed)))

@@ -139,6 +139,12 @@ def uses_reentrant_checkpointing(model: nn.Module) -> bool:
     return False
 
 
+def stores_transposed(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2) stores its weight as (in, out); look inside a peft wrapper too."""
+    base = getattr(module, "base_layer", module)
+    return type(base).__name__ == "Conv1D"
+
+
 def is_quantized(module: nn.Module) -> bool:
     """Whether a projection (or the layer a peft wrapper holds) stores its weight quantised (bitsandbytes 4 bit):
     then the weight has no gradient, and its values exist only through dequantisation."""

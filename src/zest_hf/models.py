@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from .errors import MissingModelPackageError
-from .modeling import is_causal_lm_class
+from .modeling import is_causal_lm_class, stores_transposed
 
 __all__ = ["load_model", "load_tokenizer", "resolve_model", "is_decoder", "HEADS", "cache_dir", "PACKAGED_MODELS"]
 
@@ -213,7 +213,10 @@ def quantize_projections_4bit(model, quant_type: str = "nf4", compute_dtype=torc
     weight quantised: what ``from_pretrained(..., quantization_config=BitsAndBytesConfig(load_in_4bit=True))`` gives
     on a GPU, built from any loaded model (the packaged GGUF SmolLM2 included) and on a CPU. Returns ``(model,
     twin)``: ``twin`` is a full-precision copy made first whose projections hold the dequantised weights, the same
-    function as the 4-bit model (to compare a 4-bit probe with, or to measure what 4 bits cost)."""
+    function as the 4-bit model (to compare a 4-bit probe with, or to measure what 4 bits cost).
+
+    A GPT-2 style ``Conv1D`` (weight stored as (in, out)) becomes a ``Linear4bit`` of its transposed weight; its
+    twin stays a ``Conv1D``."""
     import copy
 
     import bitsandbytes as bnb
@@ -224,14 +227,17 @@ def quantize_projections_4bit(model, quant_type: str = "nf4", compute_dtype=torc
     twin = copy.deepcopy(model)
     for t in find_targets(model):
         lin = t.module
-        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+        transposed = stores_transposed(lin)
+        weight = lin.weight.data.t() if transposed else lin.weight.data  # Linear4bit holds (out, in)
+        q = bnb.nn.Linear4bit(t.in_features, t.out_features, bias=lin.bias is not None,
                               compute_dtype=compute_dtype, quant_type=quant_type)
-        q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False,
+        q.weight = bnb.nn.Params4bit(weight.clone(memory_format=torch.contiguous_format), requires_grad=False,
                                      quant_type=quant_type).to(lin.weight.device)
         if lin.bias is not None:
             q.bias = torch.nn.Parameter(lin.bias.data.clone(), requires_grad=lin.bias.requires_grad)
         parent_name, _, attr = t.name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, q)
         with torch.no_grad():
-            twin.get_submodule(t.name).weight.copy_(bnbf.dequantize_4bit(q.weight.data, q.weight.quant_state))
+            dequantised = bnbf.dequantize_4bit(q.weight.data, q.weight.quant_state)
+            twin.get_submodule(t.name).weight.copy_(dequantised.t() if transposed else dequantised)
     return model, twin

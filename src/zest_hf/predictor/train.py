@@ -30,6 +30,8 @@ class ModelTask:
         return f"{self.model}/{self.task}"
 
 
+# The predictor is built and trained on the CPU: the caller's CPU generator is restored afterwards.
+@torch.random.fork_rng(devices=[])
 def train_predictor(
     data: Sequence[ModelTask],
     metrics: Sequence[str],
@@ -46,10 +48,20 @@ def train_predictor(
     seed: int = 0,
     tie_eps: float = 1e-9,
 ) -> ZestPredictor:
-    """Fit a :class:`ZestPredictor` with RankNet's pairwise loss on within-model-task pairs (seeded, CPU, seconds)."""
+    """Fit a :class:`ZestPredictor` with RankNet's pairwise loss on within-model-task pairs (seeded, CPU, seconds).
+    The caller's random state is left as it was."""
     if not data:
         raise ValueError("no training model-tasks")
-    torch.manual_seed(seed)
+    for d in data:
+        scores = np.asarray(d.scores, dtype=float)
+        if scores.ndim != 1 or len(scores) != len(d.layers):
+            raise ValueError(f"model-task {d.key} has {len(d.layers)} layers but scores of shape {scores.shape}: "
+                             "give one ground-truth score per layer, in the order of its layers")
+        bad = [d.layers[i]["name"] for i in np.where(~np.isfinite(scores))[0][:3]]
+        if bad:
+            raise ValueError(f"model-task {d.key} has NaN/inf ground-truth scores (layers {bad}); drop those layers "
+                             "or the model-task")
+    torch.default_generator.manual_seed(seed)  # not torch.manual_seed, which reseeds every GPU's generator too
     rng = np.random.default_rng(seed)
     model = ZestPredictor(list(metrics), normalization=normalization, arch=arch, hidden=hidden, prior=prior,
                           depth_knots=depth_knots,

@@ -28,7 +28,8 @@ from torch import nn
 
 from ..errors import NonFiniteError
 from ..metrics import ActStats, GradParts, Metric, resolve_metrics
-from ..modeling import dense_weight, device_of, is_quantized, unwrap_parallel, uses_reentrant_checkpointing
+from ..modeling import (dense_weight, device_of, is_quantized, stores_transposed, unwrap_parallel,
+                        uses_reentrant_checkpointing)
 from ..targets import Target, find_targets
 from .batch import check_batch, model_loss, prepare_batch
 from .result import ProbeResult
@@ -239,7 +240,7 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
     parts: list[GradParts | None] = [GradParts(groups) for _ in tlist]
     calls = [[0, 0] for _ in tlist]  # outputs that require grad, and gradients received, per layer
     bad_grads: list[str] = []
-    transposed = [_stores_transposed(t.module) for t in tlist]
+    transposed = [stores_transposed(t.module) for t in tlist]
 
     def finish(i):
         part, parts[i] = parts[i], None
@@ -337,12 +338,6 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
                 s = torch.zeros(1, t.out_features)
             _apply(chosen, "fisher", dense_weight(t.module), s, rows[i])
     return loss_value
-
-
-def _stores_transposed(module: nn.Module) -> bool:
-    """transformers' ``Conv1D`` (GPT-2) stores its weight as (in, out); look inside a peft wrapper too."""
-    base = getattr(module, "base_layer", module)
-    return type(base).__name__ == "Conv1D"
 
 
 def _forward_backward(model, tlist, data, chosen, sources, rows, session: Session) -> float:

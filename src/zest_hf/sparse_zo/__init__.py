@@ -14,7 +14,13 @@ After "Zeroth-Order Fine-Tuning of LLMs with Extreme Sparsity" (arXiv 2406.02913
 """
 
 from .config import SparseZOConfig
-from .io import apply_sparse_delta, load_sparse_zo, read_sparse_delta, save_sparse_delta
+from .io import (
+    apply_sparse_delta,
+    load_sparse_values,
+    load_sparse_zo,
+    read_sparse_delta,
+    save_sparse_delta,
+)
 from .layers import SparseQuantLinear, attach_sparse, sparse_layers, tunable_values
 from .mask import SensitiveMask, sensitive_mask
 from .step import perturb, step_seed, zo_step
@@ -28,6 +34,7 @@ __all__ = [
     "ZOTrainer",
     "apply_sparse_delta",
     "attach_sparse",
+    "load_sparse_values",
     "load_sparse_zo",
     "perturb",
     "read_sparse_delta",

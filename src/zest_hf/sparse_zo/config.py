@@ -12,6 +12,18 @@ from ..validation import check_int, check_real
 __all__ = ["SparseZOConfig"]
 
 QUANT_TYPES = ("nf4", "fp4")
+#: The block sizes bitsandbytes' 4-bit quantisation accepts (on every backend it has).
+BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def check_quantization(quantize, blocksize) -> None:
+    """Refuse a quantisation setting bitsandbytes would reject, before anything is built or frozen."""
+    if quantize is not None and quantize not in QUANT_TYPES:
+        raise ValueError(f"quantize must be one of {QUANT_TYPES} or None, got {quantize!r}")
+    check_int("blocksize", blocksize, hint=" (bitsandbytes' 4-bit block size; 64 is its default)")
+    if blocksize not in BLOCKSIZES:
+        raise ValueError(f"blocksize must be one of {BLOCKSIZES} (the block sizes bitsandbytes' 4-bit quantisation "
+                         f"accepts), got {blocksize}; 64 is its default")
 
 
 @dataclass
@@ -35,7 +47,7 @@ class SparseZOConfig(JsonSerializable):
             family; a bundled name, directory, Hub id or ``metric:<column>``).
         quantize: ``"nf4"`` (default) or ``"fp4"``: every candidate projection's frozen weights are held in 4 bit
             by bitsandbytes; ``None`` keeps them in the model's precision (for comparisons).
-        blocksize: Quantisation block size (bitsandbytes: 64 is its default for 4 bit).
+        blocksize: Quantisation block size: a power of two from 32 to 4096 (bitsandbytes: 64 is its default for 4 bit).
         double_quant: Quantise the per-block scales too (QLoRA's "double quantisation"; ~0.4 bit per weight less).
         eps: SPSA perturbation scale (MeZO: 1e-3).
         weight_decay: Decoupled weight decay on the tuned values, as MeZO applies it.
@@ -61,10 +73,8 @@ class SparseZOConfig(JsonSerializable):
         check_real("percent", self.percent, low=0, high=100, low_open=True,
                    hint=" (a share of the candidate coordinates, in percent; the method's default is 0.1)")
         check_int("mask_batches", self.mask_batches)
-        if self.quantize is not None and self.quantize not in QUANT_TYPES:
-            raise ValueError(f"quantize must be one of {QUANT_TYPES} or None, got {self.quantize!r}")
+        check_quantization(self.quantize, self.blocksize)
         check_int("zest_top_k", self.zest_top_k, optional=True, hint=" (or None for no restriction)")
-        check_int("blocksize", self.blocksize, hint=" (bitsandbytes' 4-bit block size; 64 is its default)")
         check_real("eps", self.eps, low=0, low_open=True)
         check_real("weight_decay", self.weight_decay, low=0)
         check_int("zo_seed", self.zo_seed, minimum=0)

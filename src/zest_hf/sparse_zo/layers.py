@@ -1,10 +1,10 @@
 """Quantised-dense + exact-sparse projections.
 
-``SparseQuantLinear`` replaces one ``nn.Linear``: its frozen weights are held in 4 bit by bitsandbytes (NF4 or FP4,
-per-block scales, optional double quantisation), except the few sensitive coordinates, which are held apart in fp32
-(``values``, the only tensor that is tuned) and written over the dequantised weight in every forward pass. The
-sensitive coordinates are zeroed before quantisation, so their (often large) values do not widen the
-quantisation blocks they sit in.
+``SparseQuantLinear`` replaces one ``nn.Linear`` (or transformers' ``Conv1D``, GPT-2's projection): its frozen
+weights are held in 4 bit by bitsandbytes (NF4 or FP4, per-block scales, optional double quantisation), except the few
+sensitive coordinates, which are held apart in fp32 (``values``, the only tensor that is tuned) and written over the
+dequantised weight in every forward pass. The sensitive coordinates are zeroed before quantisation, so their (often
+large) values do not widen the quantisation blocks they sit in.
 
 Why dequantise-then-matmul: on CPU bitsandbytes' own 4-bit linear does the same (dequantise to the compute dtype,
 then a dense matmul), so the forward pass costs one layer's dense weight at a time, as 4-bit inference does; the
@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..modeling import stores_transposed
 
 __all__ = ["SparseQuantLinear", "attach_sparse", "sparse_layers", "tunable_values"]
 
@@ -34,9 +36,11 @@ class SparseQuantLinear(nn.Module):
     """``y = x @ (Q(W with the sensitive coordinates zeroed) + S)^T + b``, ``S`` holding the exact fp32 values.
 
     Args:
-        linear: The projection to replace; its weight is read once (and then only held quantised).
+        linear: The projection to replace (``nn.Linear`` or transformers' ``Conv1D``); its weight is read once (and
+            then only held quantised).
         flat_idx: Flat indices into ``linear.weight.view(-1)`` of the sensitive coordinates (may be empty).
-        quantize: ``"nf4"``, ``"fp4"``, or ``None`` to keep the dense weight as it is (no copy).
+        quantize: ``"nf4"``, ``"fp4"``, or ``None`` to keep the dense weight as it is (no copy, but for a Conv1D's,
+            transposed once).
         blocksize, double_quant: bitsandbytes' quantisation settings.
         values: Initial sensitive values (default: the weight's own, in fp32); used when loading a trained delta.
     """
@@ -45,12 +49,20 @@ class SparseQuantLinear(nn.Module):
                  double_quant: bool = True, values: torch.Tensor | None = None):
         super().__init__()
         w = linear.weight.detach()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        # The mask and the saved delta index the replaced module's own weight; Conv1D stores it as (in, out), and it
+        # is held here in nn.Linear's (out, in) layout so that one F.linear computes what the module did.
+        self.base_shape = tuple(w.shape)
+        self.transposed = stores_transposed(linear)
+        if self.transposed:
+            w = w.t().contiguous()
+        self.out_features, self.in_features = w.shape
         self.compute_dtype = w.dtype
         self.quant_type = quantize
         flat_idx = flat_idx.to(device=w.device, dtype=torch.int64)
         if flat_idx.numel() and (int(flat_idx.min()) < 0 or int(flat_idx.max()) >= w.numel()):
-            raise ValueError(f"sensitive indices out of range for a {tuple(w.shape)} weight")
+            raise ValueError(f"sensitive indices out of range for a {self.base_shape} weight")
+        if self.transposed:  # (i, o) of the (in, out) weight is (o, i) here
+            flat_idx = (flat_idx % self.out_features) * self.in_features + flat_idx // self.out_features
         self.register_buffer("flat_idx", flat_idx)
         init = w.reshape(-1).index_select(0, flat_idx).float() if values is None else values.float()
         # fp32 whatever the model's dtype: the +-eps round trip and small updates need the precision.
@@ -79,13 +91,25 @@ class SparseQuantLinear(nn.Module):
         w.view(-1).index_copy_(0, self.flat_idx, self.values.to(w.dtype))
         return w
 
+    def base_indices(self) -> torch.Tensor:
+        """``flat_idx`` as indices into the replaced module's own weight (what masks and saved deltas hold), in the
+        order of ``values``."""
+        if not self.transposed:
+            return self.flat_idx
+        return (self.flat_idx % self.in_features) * self.out_features + self.flat_idx // self.in_features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.dense_weight()
         return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def _apply(self, fn, recurse=True):
         # model.to(device) moves buffers and parameters; bitsandbytes' QuantState must follow the packed weights.
+        # model.to(bfloat16) (the Trainer does it for bf16_full_eval) must not round the tuned values: they move
+        # with the model but stay exactly the fp32 values they were.
+        exact = self.values.data
         out = super()._apply(fn, recurse)
+        if self.values.dtype != torch.float32:
+            self.values.data = exact.to(self.values.device)
         if self.quant_state is not None and self.quant_state.absmax.device != self.qweight.device:
             self.quant_state.to(self.qweight.device)
         return out
@@ -123,10 +147,13 @@ def attach_sparse(model: nn.Module, mask, *, quantize: str | None = "nf4", block
     quantised (when ``quantize``), the ones in ``mask`` carry their sensitive coordinates. Every other parameter of
     the model is frozen. Returns the model.
 
-    Raises before changing anything if the mask names a layer the model lacks or a weight of another shape.
+    Raises before changing anything if the mask names a layer the model lacks or a weight of another shape, or the
+    quantisation settings are ones bitsandbytes rejects.
     """
     from ..targets import find_targets
+    from .config import check_quantization
 
+    check_quantization(quantize, blocksize)
     targets = find_targets(model, target_modules)
     by_name = {t.name: t for t in targets}
     missing = sorted(set(mask.indices) - set(by_name))

@@ -94,7 +94,7 @@ def sensitive_mask(
         progress: Show a progress bar.
 
     Raises:
-        ValueError: ``percent`` outside (0, 100], ``layers`` naming no candidate, no batch given.
+        ValueError: ``percent`` outside (0, 100], ``layers`` empty or naming no candidate, no batch given.
         NoTargetsError: The model has no candidate projections.
         NonFiniteError: A gradient is NaN or infinite (the mask would be meaningless).
     """
@@ -111,6 +111,10 @@ def sensitive_mask(
     targets = find_targets(model, target_modules)
     if layers is not None:
         wanted = set(layers)
+        if not wanted:
+            raise ValueError("layers is empty: a mask over no layer has nothing to rank. Name at least one candidate "
+                             f"projection (e.g. {targets[0].name!r}), or pass "
+                             "layers=None for all candidates.")
         unknown = sorted(wanted - {t.name for t in targets})
         if unknown:
             raise ValueError(f"layers {unknown} are not candidate projections of this model; candidates are e.g. "

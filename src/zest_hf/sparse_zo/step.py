@@ -16,12 +16,20 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["zo_step", "perturb", "step_seed"]
+__all__ = ["zo_step", "perturb", "step_seed", "device_seed"]
 
 
 def step_seed(base: int, step: int) -> int:
     """The seed of step ``step``: distinct per step, reproducible from ``base`` alone."""
     return (int(base) * 1_000_003 + int(step)) % (2**63 - 1)
+
+
+def device_seed(seed: int, device: torch.device) -> int:
+    """The seed of ``device``'s generator in :func:`perturb`: ``seed`` itself on the CPU and on device index 0 (so a
+    one-device run draws what it always drew), a distinct one on each other index. Generators of one kind seeded
+    alike give the same stream, so with one seed for all, same-shape layers on two GPUs would get the same z."""
+    index = torch.device(device).index or 0
+    return seed if index == 0 else step_seed(seed, -index)
 
 
 @torch.no_grad()
@@ -33,7 +41,7 @@ def perturb(params: Sequence[torch.Tensor], seed: int, scale: float) -> None:
         gen = gens.get(p.device)
         if gen is None:
             gen = gens[p.device] = torch.Generator(device=p.device)
-            gen.manual_seed(seed)
+            gen.manual_seed(device_seed(seed, p.device))
         z = torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype)
         p.add_(z, alpha=scale)
 
@@ -43,8 +51,8 @@ def check_fp32(params: Sequence[torch.Tensor], what: str = "tuned values") -> No
     if bad:
         raise TypeError(f"zeroth-order updates need fp32 {what}, found {bad}: in {bad[0]} the +-eps perturbation "
                         "does not round-trip and updates of lr x g vanish below the last bit. Keep the tuned tensors "
-                        "in fp32 (the sparse mode does this for you even when the model runs in bf16/fp16; do not "
-                        "call .half()/.to(bfloat16) on the model after attaching it).")
+                        "in fp32 (the sparse mode does this for you, even when the model runs in or is cast to "
+                        "bf16/fp16).")
 
 
 @torch.no_grad()

@@ -21,7 +21,15 @@ import torch
 import transformers
 
 from .config import SparseZOConfig
-from .io import CONFIG_FILE, DELTA_FILE, load_sparse_zo, save_sparse_delta
+from .io import (
+    CONFIG_FILE,
+    DELTA_FILE,
+    load_sparse_values,
+    load_sparse_zo,
+    read_sparse_delta,
+    save_sparse_delta,
+    saved_config,
+)
 from .layers import attach_sparse, sparse_layers, tunable_values
 from .mask import sensitive_mask
 from .step import step_seed, zo_step
@@ -64,13 +72,19 @@ class ZOTrainer(transformers.Trainer):
     # ------------------------------------------------------------------------------------------------- set-up
     def prepare_sparse(self, resume_from: str | Path | None = None) -> None:
         """Compute the mask and quantise (or, when resuming, rebuild from a checkpoint). Runs once; ``train()``
-        calls it, and it can be called before to inspect the model."""
-        if sparse_layers(self.model):
-            return
+        calls it, and it can be called before to inspect the model. When resuming, the checkpoint's tuned values
+        are loaded whether or not the model was prepared already."""
         cfg = self.sparse_zo
         if resume_from is not None:
-            load_sparse_zo(self.model, resume_from, quantize=cfg.quantize, blocksize=cfg.blocksize,
-                           double_quant=cfg.double_quant, target_modules=cfg.target_modules)
+            saved = self._check_checkpoint(resume_from)
+            if sparse_layers(self.model):
+                load_sparse_values(self.model, resume_from)
+            else:
+                load_sparse_zo(self.model, resume_from, quantize=cfg.quantize, blocksize=cfg.blocksize,
+                               double_quant=cfg.double_quant, target_modules=cfg.target_modules)
+            cfg.mask_info = saved.get("mask_info", {})  # the mask is the checkpoint's, so is where it came from
+            return
+        if sparse_layers(self.model):
             return
         loader = (self.get_train_dataloader() if self.mask_dataset is None else
                   torch.utils.data.DataLoader(self.mask_dataset, batch_size=self.args.per_device_train_batch_size,
@@ -109,11 +123,36 @@ class ZOTrainer(transformers.Trainer):
         self.prepare_sparse(resume_from=path)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
+    #: What a resumed run must share with the checkpoint for its steps to continue the same run.
+    _RESUME_FIELDS = ("zo_seed", "eps", "weight_decay")
+
+    def _check_checkpoint(self, path) -> dict:
+        """The checkpoint's run config, after refusing one this run cannot continue (before anything is loaded)."""
+        if not (Path(path) / DELTA_FILE).is_file():
+            raise ValueError(f"{path} holds no {DELTA_FILE}: not a ZOTrainer checkpoint. Resume from a "
+                             "checkpoint-<step> directory of a ZOTrainer run.")
+        _, _, _, meta = read_sparse_delta(path)
+        saved = saved_config(meta, path)
+        if not saved:
+            raise ValueError(f"{path}/{DELTA_FILE} records no SparseZOConfig: it was not saved by ZOTrainer, so "
+                             "nothing says which run it continues. Resume from a checkpoint of a ZOTrainer run.")
+        cfg = self.sparse_zo
+        differ = {k: (saved.get(k), getattr(cfg, k)) for k in self._RESUME_FIELDS if saved.get(k) != getattr(cfg, k)}
+        if differ:
+            what = ", ".join(f"{k}={a!r} there but {b!r} here" for k, (a, b) in differ.items())
+            raise ValueError(f"{path} was saved by a run with other settings ({what}): resumed steps would not "
+                             "continue it. Resume with the checkpoint's settings in SparseZOConfig, or start a new "
+                             "run.")
+        return saved
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # The tuned values were loaded by prepare_sparse from the checkpoint's sparse delta; there is no full
-        # state dict to load.
-        if not (Path(resume_from_checkpoint) / DELTA_FILE).is_file():
-            raise ValueError(f"{resume_from_checkpoint} holds no {DELTA_FILE}: not a ZOTrainer checkpoint")
+        # The checkpoint was checked and its tuned values loaded by prepare_sparse (train() calls it first); there is
+        # no full state dict to load.
+        pass
+
+    def _load_best_model(self):
+        # A checkpoint holds only the sparse delta; the best one's values go into the layers, as on resuming.
+        load_sparse_values(self.model, self.state.best_model_checkpoint)
 
     def create_optimizer(self, model=None):
         # No optimizer state: SGD over the tuned values only carries the learning rate the scheduler sets. It never

@@ -34,7 +34,8 @@ class LisaCallback(TrainerCallback):
             leaves every parameter outside the blocks as it finds it).
         n_layers: Blocks active at a time (LISA's gamma).
         interval: Steps between draws (LISA's K).
-        seed: Seeds the draws (recorded in :attr:`history`).
+        seed: Seeds the draws (recorded in :attr:`history`). A run resumed from a checkpoint draws, at every step,
+            the blocks the uninterrupted run drew.
 
     Attributes:
         history: ``(step, [block indices])`` of every draw.
@@ -46,22 +47,33 @@ class LisaCallback(TrainerCallback):
             raise ValueError(f"n_layers must be between 1 and the model's {len(self.blocks)} blocks, got {n_layers}")
         if interval < 1:
             raise ValueError(f"interval must be >= 1 step, got {interval}")
-        self.n_layers, self.interval = n_layers, interval
+        self.n_layers, self.interval, self.seed = n_layers, interval, seed
         self.rng = np.random.default_rng(seed)
         self.history: list[tuple[int, list[int]]] = []
 
+    def _choose(self) -> list[int]:
+        return sorted(int(i) for i in self.rng.choice(len(self.blocks), size=self.n_layers, replace=False))
+
     def _draw(self, step: int) -> None:
-        active = sorted(int(i) for i in self.rng.choice(len(self.blocks), size=self.n_layers, replace=False))
+        active = self._choose()
         for i, block in enumerate(self.blocks):
             for p in block.parameters():
                 p.requires_grad_(i in active)
         self.history.append((step, active))
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > 0:
+            # Resumed: the uninterrupted run drew once at step 0 and once at every multiple of interval since;
+            # replay those draws so that this step gets the draw of the interval it falls in.
+            self.rng = np.random.default_rng(self.seed)
+            for _ in range(state.global_step // self.interval):
+                self._choose()
         self._draw(state.global_step)  # the optimizer exists by now, built over every block
         return control
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step > 0 and state.global_step % self.interval == 0:
-            self._draw(state.global_step)
+        step = state.global_step
+        # not again at the step on_train_begin drew at (step 0, or a resumed run's first step)
+        if step % self.interval == 0 and not (self.history and self.history[-1][0] == step):
+            self._draw(step)
         return control

@@ -105,7 +105,8 @@ class Method:
     """One way of choosing what trains. ``kind`` says how the model is built; ``family`` picks the LR grid.
 
     ``k`` (layers) or ``budget`` (a fraction of the projection parameters) sizes a selection; ``r`` is the LoRA
-    rank (alpha = r); ``lisa`` is LISA's (active blocks, steps between draws).
+    rank (alpha = r); ``lisa`` is LISA's (active blocks, steps between draws); ``closest`` makes a matched random
+    draw land as near ZEST's parameter count as it can rather than at most at it.
     """
 
     name: str
@@ -117,6 +118,7 @@ class Method:
     budget: float | None = None
     r: int = 8
     lisa: tuple[int, int] | None = None
+    closest: bool = False  # random_matched: as close to ZEST's parameter count as the sizes allow, above or below
 
 
 def pct(budget: float) -> str:
@@ -141,12 +143,14 @@ TABLE3 = [m.name for m in METHODS]
 # What users pick instead of ZEST, at matched budgets. Spectrum: cognitivecomputations/spectrum's SNR, each
 # projection type the same share (predictor="spectrum"); Random matched: random projections holding as many
 # parameters as ZEST's selection at that budget on the same task and seed (zest_hf.research.baselines.random_matched,
-# a fresh draw per seed); LISA: LMFlow's defaults
+# a fresh draw per seed; at most as many parameters, and "closest": as near as the sizes allow, above or below: where
+# projection sizes differ only by their biases, "at most" can leave a whole layer out); LISA: LMFlow's defaults
 # (2 active blocks, re-drawn every 20 steps; embeddings and head always train) at full fine-tuning's rates.
 for _b in SWEEP:
     METHODS += [Method(f"ZEST {pct(_b)}", "zest", "sparse", budget=_b),
                 Method(f"Spectrum {pct(_b)}", "spectrum", "sparse", budget=_b),
                 Method(f"Random {pct(_b)} matched", "random_matched", "sparse", budget=_b),
+                Method(f"Random {pct(_b)} closest", "random_matched", "sparse", budget=_b, closest=True),
                 Method(f"ZEST {pct(_b)} cost 0.5", "zest", "sparse", budget=_b, cost_weight=0.5)]
 METHODS += [Method("LoRA r16 all", "lora_all", "lora", r=16), Method("LISA", "lisa", "full", lisa=(2, 20))]
 BY_NAME = {m.name: m for m in METHODS}
@@ -236,7 +240,8 @@ def zest_config(method: Method, model, selectors: dict, oracle: list[str] | None
     elif method.kind == "random_matched":
         from zest_hf.research.baselines import random_matched
 
-        chosen = random_matched([t.to_dict() for t in targets], selectors["matched_params"], seed)
+        chosen = random_matched([t.to_dict() for t in targets], selectors["matched_params"], seed,
+                                closest=method.closest)
     elif method.kind == "oracle":
         chosen = oracle
     else:
@@ -707,8 +712,9 @@ def accuracy_table(g, names: list[str], every_task: bool = False):
         t["mean"] = t["mean"].where(finished.all(axis=1))
         t["tasks"] = finished.sum(axis=1).astype(int).astype(str) + f"/{len(complete)}"
     t["seeds"] = agg["count"].groupby("method").min()
-    tr = g.groupby("method")[["trainable_wo_head", "total_params"]].first()
-    t["trainable (w/o head)"] = (tr["trainable_wo_head"] / tr["total_params"] * 100).round(3).astype(str) + "%"
+    # the mean over runs: a selection (and so its size) differs from task to task and seed to seed
+    tr = (g["trainable_wo_head"] / g["total_params"]).groupby(g["method"]).mean()
+    t["trainable (w/o head)"] = (tr * 100).round(3).astype(str) + "%"
     if "selected_params" in g:  # a selection's share of the projection parameters (runs that record it)
         share = (pd.to_numeric(g["selected_params"]) / g["projection_params"]).groupby(g["method"]).mean()
         t["of projections"] = share.map(lambda v: f"{v * 100:.1f}%" if np.isfinite(v) else "")
@@ -731,8 +737,8 @@ def comparisons() -> list[tuple[str, str]]:
     pairs = []
     for b in SWEEP:
         z = f"ZEST {pct(b)}"
-        pairs += [(z, f"Spectrum {pct(b)}"), (z, f"Random {pct(b)} matched"), (z, "full FT"),
-                  (f"ZEST {pct(b)} cost 0.5", z)]
+        pairs += [(z, f"Spectrum {pct(b)}"), (z, f"Random {pct(b)} matched"), (z, f"Random {pct(b)} closest"),
+                  (z, "full FT"), (f"ZEST {pct(b)} cost 0.5", z)]
     z = f"ZEST {pct(0.10)}"
     pairs += [(z, "LoRA all"), (z, "LoRA r16 all"), (z, "LISA"), (z, "head only"),
               ("ZEST@5", "Random@5"), ("ZEST@5", "full FT"), ("ZEST@5", "best metric@5"), ("ZEST@5", "LoRA all"),
@@ -746,11 +752,16 @@ def paired_rows(final) -> list[dict]:
     """Every comparison with data (at least MIN_CELLS cells), per model and pooled over models: the mean paired
     difference in test accuracy points over (task, seed) cells both methods have, with its 95 % bootstrap interval
     over the cells."""
+    import pandas as pd
+
     from zest_hf.research.stats import paired_bootstrap, verdict
 
     if final.empty:
         return []
     cells = final.pivot_table(index=["model", "task", "seed"], columns="method", values="test_acc")
+    sizes = final.assign(selected_params=pd.to_numeric(final.get("selected_params"), errors="coerce")).pivot_table(
+        index=["model", "task", "seed"], columns="method", values="selected_params") if "selected_params" in final \
+        else pd.DataFrame()
     rows = []
     for a, b in comparisons():
         if a not in cells or b not in cells:
@@ -763,8 +774,11 @@ def paired_rows(final) -> list[dict]:
             if len(c) < MIN_CELLS:
                 continue
             d = paired_bootstrap((c[a] - c[b]).to_numpy() * 100, seed=0)
-            rows.append({"model": scope, "a": a, "b": b, "cells": d.n, "tasks": c.index.unique("task").size,
-                         "mean": d.mean, "low": d.low, "high": d.high, "verdict": verdict(d)})
+            # b's selection size against a's, cell by cell: how well a "matched" baseline is matched
+            ratio = (sizes[b] / sizes[a]).reindex(c.index).mean() if a in sizes and b in sizes else np.nan
+            rows.append({"model": scope, "a": a, "b": b, "cells": d.n,
+                         "tasks": len(c.index.droplevel("seed").unique()),  # (model, task) pairs
+                         "mean": d.mean, "low": d.low, "high": d.high, "verdict": verdict(d), "params b/a": ratio})
     return rows
 
 
@@ -821,13 +835,16 @@ def report(out_dir: Path) -> str:
         p = pd.DataFrame(paired)
         p["95% CI"] = p.apply(lambda r: f"[{r['low']:+.1f}, {r['high']:+.1f}]", axis=1)
         p["mean"] = p["mean"].map(lambda v: f"{v:+.1f}")
+        p["params b/a"] = p["params b/a"].map(lambda v: f"{v:.2f}" if np.isfinite(v) else "")
         lines += ["## Paired differences: test accuracy points, a - b", "",
                   "Each cell is one task and seed, both methods trained on the same data in the same order with the "
                   "same head initialisation; the interval is a 95 % percentile bootstrap over the cells (10,000 "
                   "resamples, seed 0). win / loss: the interval lies above / below 0; tie: it holds 0. A comparison "
                   f"with fewer than {MIN_CELLS} cells (one task's seeds) is left out until its runs are there. "
-                  "`forest.png` draws them.", "",
-                  p[["model", "a", "b", "tasks", "cells", "mean", "95% CI", "verdict"]].to_markdown(index=False), ""]
+                  "`params b/a`: b's selected projection parameters over a's, the mean over the cells (selections "
+                  "only). `forest.png` draws them.", "",
+                  p[["model", "a", "b", "tasks", "cells", "mean", "95% CI", "verdict", "params b/a"]].to_markdown(
+                      index=False), ""]
         _forest(pd.DataFrame(paired), out_dir / "forest.png")
     if not cost.empty:
         for model_name, g in cost.groupby("model"):

@@ -23,6 +23,24 @@ def test_random_matched_holds_the_budget_up_to_the_smallest_layer_left_and_varie
         random_matched(cands, 1, 0)
 
 
+def test_closest_takes_one_more_layer_where_that_lands_nearer_the_count():
+    # sizes that differ by their biases only: seven small ones hold a little more than one large plus three small,
+    # so the "at most" draw stops at six small ones, a whole layer short
+    cands = [{"name": f"s{i}", "num_params": 100 + 1} for i in range(12)] + [
+        {"name": f"L{i}", "num_params": 400} for i in range(4)]
+    target = 400 + 3 * 101  # 703
+    for seed in range(6):
+        at_most = random_matched(cands, target, seed)
+        near = random_matched(cands, target, seed, closest=True)
+        size = {c["name"]: c["num_params"] for c in cands}
+        below, total = sum(size[n] for n in at_most), sum(size[n] for n in near)
+        assert below <= target and near[: len(at_most)] == at_most
+        assert abs(total - target) <= abs(below - target) and abs(total - target) < 101
+    # already exact: nothing is added
+    exact = [{"name": f"e{i}", "num_params": 10} for i in range(6)]
+    assert len(random_matched(exact, 30, 0, closest=True)) == 3
+
+
 def test_paired_bootstrap_matches_scipys_percentile_interval_and_refuses_what_it_cannot_use():
     import numpy as np
     from scipy.stats import bootstrap

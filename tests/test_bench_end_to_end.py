@@ -223,6 +223,28 @@ def test_paired_differences_pair_each_task_and_seed_and_their_interval_decides_t
     assert ("ZEST 10%", "full FT") in {(r["a"], r["b"]) for r in mod.paired_rows(started)}
 
 
+def test_pooled_rows_count_model_task_pairs_and_report_how_well_a_baseline_is_matched():
+    import pandas as pd
+
+    mod = _bench()
+    tasks = {"a": 0.7, "b": 0.5}
+    accs = {"ZEST 10%": lambda t, s: tasks[t] + 0.02 + 0.01 * s, "Random 10% matched": lambda t, s: tasks[t]}
+    rows = []
+    for model in ("toy", "other"):  # both models have tasks "a" and "b": four (model, task) pairs
+        for r in _cell_rows(mod, accs, tasks):
+            # the random draw holds 90 % of ZEST's parameters; selections differ in size from seed to seed
+            r.update(model=model, selected_params=(100 if r["method"] == "ZEST 10%" else 90) * (1 + r["seed"]),
+                     projection_params=1000, trainable_wo_head=r["seed"], total_params=10)
+            rows.append(r)
+    final = mod.final_runs(pd.DataFrame(rows))
+    got = {r["model"]: r for r in mod.paired_rows(final) if r["b"] == "Random 10% matched"}
+    assert got["all models"]["tasks"] == 4 and got["toy"]["tasks"] == 2
+    assert got["all models"]["params b/a"] == pytest.approx(0.9)
+    # the trainable share is the mean over the runs (seeds 0..4 train 0..4 of 10 weights: 20 %), not one run's
+    table, _, _ = mod.accuracy_table(final[final["model"] == "toy"], ["ZEST 10%"])
+    assert table.loc["ZEST 10%", "trainable (w/o head)"] == "20.0%"
+
+
 def test_random_matched_holds_what_zest_selected_on_the_same_task_and_seed(tmp_path):
     mod = _bench()
     runs = tmp_path / "runs.jsonl"

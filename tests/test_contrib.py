@@ -105,6 +105,25 @@ def test_bad_input_fails_before_training(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="another budget"):
         collect_contributions(str(tiny_dir), "bbc_news", out, budget=ContribBudget(steps=4, batch_size=4,
                               max_length=16, eval_examples=12), layers=[], progress=False)
+    # lines scored another way (log-likelihood of the answers, not the task head) are not mixed in either
+    line = json.loads(out.read_text().splitlines()[0])
+    out.write_text(json.dumps({**line, "scoring": "loglik"}) + "\n")
+    with pytest.raises(ValueError, match="another scoring"):
+        collect_contributions(str(tiny_dir), "bbc_news", out, budget=SMALL, layers=[], progress=False)
+
+
+def test_a_whole_last_record_without_its_newline_is_kept_and_a_torn_one_dropped(tmp_path):
+    from zest_hf.research.records import open_for_append
+
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"a": 1}\n{"b": 2}')  # the writer was stopped between the record and its newline
+    with open_for_append(path) as fh:
+        fh.write('{"c": 3}\n')
+    assert read_jsonl(path) == [{"a": 1}, {"b": 2}, {"c": 3}]
+    path.write_text('{"a": 1}\n{"b": ')
+    with open_for_append(path) as fh:
+        fh.write('{"c": 3}\n')
+    assert read_jsonl(path) == [{"a": 1}, {"c": 3}]
 
 
 def test_cached_and_naive_runs_of_one_layer_give_the_same_result(tiny_dir):

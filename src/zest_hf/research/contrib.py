@@ -265,11 +265,17 @@ def collect_contributions(
                 and r.get("seed") == seed]
 
     existing = mine()
+    # what makes two lines' scores comparable; lines written before ``scoring`` was recorded scored with the head
+    ours = {k: setup.row_base[k] for k in ("budget", "split_seed", "head", "scoring")}
     for r in existing:
-        if r.get("budget") != setup.row_base["budget"] or r.get("split_seed", 0) != split_seed:
+        theirs = {"budget": r.get("budget"), "split_seed": r.get("split_seed", 0), "head": r.get("head"),
+                  "scoring": r.get("scoring", "head")}
+        differ = [k for k in ours if theirs[k] != ours[k]]
+        if differ:
             raise ValueError(
-                f"{out} already holds {label}/{task_full}/seed {seed} lines collected with another budget "
-                f"({r.get('budget')}); write to another --out or use the same budget."
+                f"{out} already holds {label}/{task_full}/seed {seed} lines collected with another "
+                + ", ".join(f"{k} ({theirs[k]!r}; here {ours[k]!r})" for k in differ)
+                + "; write to another --out or collect as they were."
             )
     done = {r["layer"] for r in existing}
     todo = [t for t in setup.targets if t.name not in done]

@@ -39,11 +39,18 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def open_for_append(path: Path):
-    """Open a JSONL file for appending, first dropping a torn last line left by a killed writer."""
+    """Open a JSONL file for appending, first dropping a torn last line left by a killed writer (a last line that
+    is a whole record, only its newline missing, is kept and ended: :func:`read_jsonl` counts it as done)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         data = path.read_bytes()
-        if data and not data.endswith(b"\n"):  # a torn line from a killed run: drop it
+        if data and not data.endswith(b"\n"):
             cut = data.rfind(b"\n") + 1
-            path.write_bytes(data[:cut])
+            try:
+                json.loads(data[cut:])
+            except ValueError:  # a torn line from a killed run: drop it
+                path.write_bytes(data[:cut])
+            else:
+                with path.open("ab") as fh:
+                    fh.write(b"\n")
     return path.open("a")

@@ -39,7 +39,10 @@ def config(mode):
 
 def main():
     out, mode = Path(sys.argv[1]), sys.argv[2]
-    ds_config = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+    # threshold 0: every parameter stays partitioned between passes, as a real model's large ones do (by default
+    # DeepSpeed keeps a tiny model's small parameters whole after their first use)
+    ds_config = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True,
+                                       "stage3_param_persistence_threshold": 0},
                  "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
                  "zero_allow_untested_optimizer": True}
     args = transformers.TrainingArguments(
@@ -70,6 +73,7 @@ def main():
     with torch.no_grad():
         logits = trainer.model_wrapped(input_ids=eval_batch()).logits
     trainer.save_model(str(out / f"adapter_{mode}"))
+    zest_hf.save_adapter(peft_model, out / f"save_adapter_{mode}")  # the same weights, outside the Trainer
     rank = int(os.environ.get("RANK", 0))
     if rank == 0:
         torch.save(logits, out / f"zero3_logits_{mode}.pt")

@@ -268,6 +268,22 @@ def test_full_mode_trains_the_selected_weights_in_place():
             pass
 
 
+def test_a_full_mode_model_deep_copies_into_an_independent_twin():
+    # what a reference or EMA copy does (TRL's create_reference_model deep-copies the policy)
+    import copy
+
+    model = tiny_bert_cls()
+    pm = peft.get_peft_model(model, resolved(model, cls_batch(), top_k=2))
+    twin = copy.deepcopy(pm)
+    batch = {k: v for k, v in cls_batch().items() if k != "labels"}
+    with torch.no_grad():
+        assert torch.equal(pm.eval()(**batch).logits, twin.eval()(**batch).logits)
+    train_steps(pm, cls_batch())
+    with torch.no_grad():
+        assert not torch.equal(pm.eval()(**batch).logits, twin.eval()(**batch).logits)  # no shared weights
+    assert twin.peft_config["default"].selected_modules == pm.peft_config["default"].selected_modules
+
+
 def test_full_mode_save_load_round_trip_is_exact_and_merges_to_a_plain_model(tmp_path):
     model = tiny_bert_cls()
     original = copy.deepcopy(model)

@@ -134,3 +134,17 @@ def test_backward_cost_counts_the_models_blocks_when_only_some_are_candidates():
     rows = [{"name": f"b{b}", "score": 1.0, "block": b, "depth": b / 5, "num_params": 1} for b in (4, 5)]
     assert num_blocks_of(rows) == 6
     assert num_blocks_of([{"name": "a", "block": 0, "depth": 0.0}]) == 1
+
+
+def test_a_head_the_model_lacks_is_refused_before_the_probe():
+    import zest_hf
+    from helpers import tiny_bert_cls, token_batch
+
+    model = tiny_bert_cls()
+    batch = token_batch()
+    batch["labels"] = batch["input_ids"][:, 0] % 3
+    calls = []
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(SelectionError, match=r"modules_to_save names \['clasifier'\]"):
+        zest_hf.select(model, batch, ZestConfig(top_k=2, predictor="metric:grad_norm", modules_to_save=["clasifier"]))
+    assert not calls  # refused before any forward pass

@@ -486,3 +486,9 @@ def test_score_choices_matches_hand_computed_log_probs():
 
     with pytest.raises(ValueError, match="causal LM"):
         score_choices(transformers.BertForMultipleChoice(tiny_bert_cfg()), tok, split)
+    calls = []
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    for label in (-1, 3):  # -1 would silently be the last choice; 3 failed only after every forward
+        with pytest.raises(ValueError, match=f"example 1: label {label} with 3 choices"):
+            score_choices(model, tok, mc_split(texts, choices, [0, label, 0]))
+    assert not calls

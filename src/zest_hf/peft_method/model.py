@@ -40,7 +40,22 @@ from ..validation import check_size
 from .config import PREFIX, ZestConfig
 from .layer import ZEST_ATTR, ZestLayer
 
-__all__ = ["ZestModel", "check_modules"]
+__all__ = ["ZestModel", "check_modules", "check_heads"]
+
+
+def check_heads(base: nn.Module, heads: list[str]) -> None:
+    """Raise unless every name in ``heads`` (``modules_to_save``) is a module of ``base``: peft would skip a missing
+    one without a word, and the head would silently not train."""
+    names = [n for n, _ in base.named_modules()]
+    missing = [h for h in heads if not any(n == h or n.endswith(f".{h}") for n in names)]
+    if missing:
+        children = [n for n, _ in base.named_children()]
+        raise SelectionError(
+            f"modules_to_save names {missing} that {type(base).__name__} does not have (its top-level modules: "
+            f"{children}). The selection was made on a model with another task head (e.g. a classification head "
+            "for a causal LM); select again on the model you train (zest select --head causal_lm), or set "
+            "modules_to_save to modules it has ([] for none)."
+        )
 
 
 def check_modules(model: nn.Module, config: ZestConfig) -> None:
@@ -58,15 +73,7 @@ def check_modules(model: nn.Module, config: ZestConfig) -> None:
             f"was made on another architecture or size (this model has {len(known)} projections, e.g. "
             f"{known[:3]}). Load the adapter onto the base model it was trained from, or select again."
         )
-    heads = [h for h in (config.modules_to_save or []) if not any(n == h or n.endswith(f".{h}") for n in modules)]
-    if heads:
-        children = [n for n, _ in base.named_children()]
-        raise SelectionError(
-            f"modules_to_save names {heads} that {type(base).__name__} does not have (its top-level modules: "
-            f"{children}). The selection was made on a model with another task head (e.g. a classification head "
-            "for a causal LM); select again on the model you train (zest select --head causal_lm), or set "
-            "modules_to_save to modules it has ([] for none)."
-        )
+    check_heads(base, config.modules_to_save or [])
     not_proj = [n for n in config.selected_modules if not _is_projection(modules[n])]
     if not_proj:
         raise SelectionError(f"selected modules {not_proj[:4]} are not linear projections; ZEST trains projections")
@@ -93,8 +100,10 @@ class ZestModel(BaseTuner):
     tuner_layer_cls = ZestLayer
     target_module_mapping: dict = {}
 
-    def __new__(cls, model, peft_config, adapter_name: str = "default", low_cpu_mem_usage: bool = False,
+    def __new__(cls, model=None, peft_config=None, adapter_name: str = "default", low_cpu_mem_usage: bool = False,
                 state_dict=None):
+        if peft_config is None:  # copy.deepcopy / pickle make the object bare, then fill in its state
+            return super().__new__(cls)
         config = peft_config[adapter_name] if isinstance(peft_config, dict) else peft_config
         if getattr(config, "mode", "full") != "lora":
             return super().__new__(cls)

@@ -79,7 +79,8 @@ def rank(model: nn.Module, batch, predictor=None, *, revision: str | None = None
 
     Example::
 
-        >>> ranking = zest_hf.rank(model, batch)          # doctest: +SKIP
+        >>> from zest_hf.selection.rank import rank
+        >>> ranking = rank(model, batch)                   # doctest: +SKIP
         >>> ranking.top(5)                                 # doctest: +SKIP
     """
     if isinstance(predictor, str) and predictor.startswith("metric:"):

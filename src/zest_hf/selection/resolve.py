@@ -33,6 +33,7 @@ def select(model: nn.Module, batch: Mapping, config, *, progress: bool = False):
     """
     from .._version import __version__
     from ..modeling import base_model, find_head
+    from ..peft_method.model import check_heads
     from ..probe.batch import check_batch
     from ..targets import find_targets
     from .rank import rank
@@ -44,6 +45,7 @@ def select(model: nn.Module, batch: Mapping, config, *, progress: bool = False):
     targets = find_targets(base, config.candidates, config.exclude_modules)
     check_size(config.top_k, config.budget, len(targets))
     head = list(config.modules_to_save) if config.modules_to_save is not None else find_head(base)
+    check_heads(base, head)  # a misspelt head would be found only when the adapter is built, after the probe
     check_batch(base, batch)
     ranking = rank(base, batch, config.predictor, revision=config.predictor_revision, targets=targets,
                    seed=config.probe_seed, progress=progress)

@@ -125,6 +125,13 @@ def plan_choices(model, tokenizer, task_split, *, max_length: int = 128, batch_s
     prepare_tokenizer(tokenizer, model)
     choices = _choices_of(ds)
     gold = [int(x) for x in ds["label"]]
+    # a label outside its example's choices would be read as another choice (-1: the last) or fail after every pass
+    bad = [i for i, (g, opts) in enumerate(zip(gold, choices)) if not 0 <= g < len(opts)]
+    if bad:
+        i = bad[0]
+        raise ValueError(f"{len(bad)} example(s) have a label that is not one of their choices, e.g. example {i}: "
+                         f"label {gold[i]} with {len(choices[i])} choices; labels index each example's choices "
+                         "from 0")
     prompts, answers, owner = [], [], []
     for i, (text, opts) in enumerate(zip(ds["text"], choices)):
         prompt = causal_prompt(text, answer_cue)

@@ -738,6 +738,8 @@ def comparisons() -> list[tuple[str, str]]:
     for b in SWEEP:
         z = f"ZEST {pct(b)}"
         pairs += [(z, f"Spectrum {pct(b)}"), (z, f"Random {pct(b)} matched"), (z, f"Random {pct(b)} closest"),
+                  # what "at most ZEST's parameters" cost the random draw, on the cells that have both draws
+                  (f"Random {pct(b)} closest", f"Random {pct(b)} matched"),
                   (z, "full FT"), (f"ZEST {pct(b)} cost 0.5", z)]
     z = f"ZEST {pct(0.10)}"
     pairs += [(z, "LoRA all"), (z, "LoRA r16 all"), (z, "LISA"), (z, "head only"),

@@ -105,6 +105,7 @@ def fake_bigbench(tmp_path, monkeypatch):
         mc.append({"input": f"two {i}", "target_scores": {f"right2_{i}": 1, f"wrong2_{i}": 0}})
     mc.append({"input": "tied", "target_scores": {"x": 1, "y": 1, "z": 0}})  # no single gold: dropped
     mc.append({"input": "free", "target": "some free text"})  # no target_scores: dropped
+    mc.append({"input": "wordy", "target_scores": {"x": "high", "y": 0, "z": 0}})  # a score that is no number: dropped
     write_task(tmp_path, "parent/fake_mc", {"name": "fake_mc", "examples": mc})
     write_task(tmp_path, "free_text", {"name": "free_text",
                                        "examples": [{"input": f"q{i}", "target": f"a{i}"} for i in range(5)]})
@@ -247,7 +248,8 @@ def test_bigbench_fake_multiple_choice_normalisation(fake_bigbench):
     assert task.kind == "multiple_choice" and task.num_choices == 3 and task.label_names is None
     assert task.num_labels == 3
     assert task.stats["choice_counts"] == {2: 3, 3: 20, 4: 5}
-    assert task.stats["dropped"] == {"too_few_choices": 3, "ambiguous_gold": 1, "no_target_scores": 1}
+    assert task.stats["dropped"] == {"too_few_choices": 3, "ambiguous_gold": 1, "no_target_scores": 1,
+                                     "non_numeric_scores": 1}
     rows = [r for s in task.splits.values() for r in s]
     assert len(rows) == 25 and task.splits["train"].column_names == ["text", "choices", "label"]
     for r in rows:

@@ -28,8 +28,8 @@ def random_matched(candidates: Sequence[dict], num_params: int, seed: int, *, cl
     ``closest=True``: then one more candidate is taken where that lands nearer ``num_params`` than the shortfall
     does (the one landing nearest; the first in the random order among equals), so a draw may hold slightly more
     than ``num_params``. Without it, sizes that differ only by their biases can leave a whole layer out: on MiniLM,
-    seven attention projections hold 1,152 parameters more than a ZEST selection of one MLP and three attention
-    projections, so the "at most" draw stops at six, 14 % short.
+    seven attention projections hold 1,152 parameters more than a ZEST selection of a down projection and three
+    attention ones, so the "at most" draw stops at six, 14 % short.
     """
     if num_params < min(int(c["num_params"]) for c in candidates):
         raise ValueError(f"num_params={num_params} is smaller than every candidate; nothing can be chosen")

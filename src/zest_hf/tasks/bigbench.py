@@ -117,7 +117,14 @@ def _parse(spec: dict, prefixes: bool) -> tuple[list, Counter]:
             dropped["empty_input"] += 1
             continue
         choices = [str(k).strip() for k in scores]
-        values = [float(v) for v in scores.values()]
+        try:
+            values = [float(v) for v in scores.values()]
+        except (TypeError, ValueError):
+            dropped["non_numeric_scores"] += 1  # a score that is no number gives no gold
+            continue
+        if any(not np.isfinite(v) for v in values):
+            dropped["non_numeric_scores"] += 1
+            continue
         if len(choices) < 2 or any(not c for c in choices) or len(set(choices)) < len(choices):
             dropped["bad_choices"] += 1  # fewer than two, empty, or duplicates once whitespace is stripped
             continue

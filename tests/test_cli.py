@@ -243,3 +243,26 @@ def test_push_predictor_creates_the_branch_it_uploads_to(revision, monkeypatch, 
         _, args, kw = calls[1]
         assert args == ("me/pred",) and kw["branch"] == "dev" and kw["exist_ok"] is True
     assert calls[-1][2]["revision"] == revision and calls[-1][2]["repo_id"] == "me/pred"
+
+
+def test_a_nonfinite_probe_and_bad_research_flags_are_one_line_errors(tiny_dir, tmp_path, capsys):
+    from pathlib import Path
+
+    # grad_snr needs two rows to compare: on one it is NaN, and ranking by it is refused in one line
+    assert main(["rank", "--model", str(tiny_dir), "--task", "bbc_news", "--predictor", "metric:grad_snr",
+                 "--batch-size", "1", "--max-length", "16", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the model-loading progress bar
+    assert last.startswith("zest rank: ") and "grad_snr" in last and "Traceback" not in err
+    data = Path(__file__).resolve().parents[1] / "predictors" / "data"
+    for extra, words in ((["--metrics", "snip,bogus"], "['bogus']"),
+                         (["--held-out", str(tmp_path / "missing.md")], "no such file")):
+        assert main(["train-predictor", "--data", str(data), "--steps", "2", "--out", str(tmp_path / "p"),
+                     *extra]) == 2
+        assert words in capsys.readouterr().err
+        assert not (tmp_path / "p").exists()  # refused before anything is trained or written
+    with pytest.raises(SystemExit):  # two reports asked for at once
+        main(["evaluate-predictor", "--signals", "--learning-curve"])
+    for flag, value in (("--eval-examples", "-1"), ("--steps", "0"), ("--top-k", "0")):
+        with pytest.raises(SystemExit):
+            main(["demo", flag, value])

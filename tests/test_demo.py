@@ -11,8 +11,10 @@ from zest_hf.demo import DemoConfig, run_demo
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_demo_runs_the_whole_flow_and_the_reload_reproduces_it(tiny_dir, tmp_path):
-    cfg = DemoConfig(model=str(tiny_dir), task="bbc_news", top_k=2, predictor="metric:grad_norm", steps=3,
+# spectrum reads a column the default probe does not compute: the demo probes what its predictor needs
+@pytest.mark.parametrize("predictor", ["metric:grad_norm", "spectrum"])
+def test_demo_runs_the_whole_flow_and_the_reload_reproduces_it(tiny_dir, tmp_path, predictor):
+    cfg = DemoConfig(model=str(tiny_dir), task="bbc_news", top_k=2, predictor=predictor, steps=3,
                      batch_size=4, max_length=32, seed=2, eval_examples=0, max_examples=80)
     s = run_demo(tmp_path, cfg)
     ranking = json.loads((tmp_path / "ranking.json").read_text())

@@ -83,6 +83,23 @@ def test_spectrum_keeps_each_types_best_by_a_naive_svd_snr_and_uses_no_data():
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
+def test_a_spectrum_ranking_with_a_noiseless_layer_ranks_it_first_and_saves(tmp_path):
+    import torch
+    from helpers import tiny_llama, token_batch
+
+    from zest_hf.selection.rank import Ranking, rank
+
+    model = tiny_llama()
+    q = model.model.layers[1].self_attn.q_proj
+    with torch.no_grad():
+        q.weight.copy_(torch.eye(q.weight.shape[0]))  # all singular values alike: no noise, an infinite SNR
+    ranking = rank(model, token_batch(), predictor="spectrum")
+    assert ranking.layers[0]["name"] == "model.layers.1.self_attn.q_proj"
+    ranking.to_json(tmp_path / "r.json")  # JSON has no infinity: written as text
+    back = Ranking.from_json(tmp_path / "r.json")
+    assert back.layers[0]["spectral_snr"] == "inf" and back.top(1) == ranking.top(1)
+
+
 def test_auto_resolves_each_family_to_its_bundled_predictor_and_records_which():
     """The default predictor is "auto": a model with a gated MLP (Llama-style, or a fused gate_up) is ranked by
     zest-decoder, any other by the pooled zest-universal; the selection records the predictor actually used, and

@@ -127,3 +127,18 @@ def test_blocks_are_numbered_over_the_model_whatever_subset_is_a_candidate():
     assert {t.depth for t in upper} == {2 / 3, 1.0}
     one = find_targets(m, exclude_modules=r"model\.layers\.[0-2]\..*")
     assert {(t.block, t.depth) for t in one} == {(3, 1.0)}
+
+
+def test_the_heatmap_gives_two_layers_of_one_type_in_one_block_a_row_each(tmp_path):
+    from zest_hf.plot import _layout, layer_heatmap
+
+    cfg = transformers.T5Config(vocab_size=100, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                feed_forward_proj="gated-gelu")
+    layers = [t.to_dict() for t in find_targets(transformers.T5ForConditionalGeneration(cfg))]
+    labels, blocks, cells = _layout(layers)
+    assert len(set(cells)) == len(layers)  # no layer hides another
+    assert "up (2)" in labels and "q (2)" in labels  # wi_0/wi_1; the decoder's self- and cross-attention
+    # list order does not decide which row a layer gets (a ranking lists layers by score)
+    flipped = _layout(layers[::-1])[2][::-1]
+    assert flipped == cells
+    assert layer_heatmap(layers, list(range(len(layers))), tmp_path / "h.png").stat().st_size > 1000

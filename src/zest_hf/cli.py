@@ -29,14 +29,23 @@ def _columns(text: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+def _int_at_least(low: int):
+    """An argparse ``type``: a whole number of at least ``low``, refused while parsing otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {n}")
+        return n
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -226,10 +235,17 @@ def _cmd_train_predictor(args) -> int:
                          f"{args.model_filter!r} / --family {args.family!r}; "
                          f"`zest study --data {args.data}` lists them")
     metrics = [] if args.prior_only else (args.metrics.split(",") if args.metrics else default_columns())
+    lacking = sorted({m for d in data for m in metrics if m not in d.values})
+    if lacking:
+        raise ValueError(f"--metrics names {lacking}, which the ground truth in {args.data} does not record; its "
+                         f"columns: {sorted(data[0].values)}")
+    if args.held_out and not Path(args.held_out).exists():
+        raise FileNotFoundError(f"--held-out {args.held_out}: no such file (the held-out evaluation's "
+                                "predictor_eval.md, written by zest evaluate-predictor)")
     pred = train_predictor(data, metrics, arch=args.arch, normalization=args.normalization, steps=args.steps,
                            depth_knots=args.depth_knots, seed=args.seed)
     pred.save_pretrained(args.out)
-    held = Path(args.held_out).read_text() if args.held_out and Path(args.held_out).exists() else ""
+    held = Path(args.held_out).read_text() if args.held_out else ""
     write_card(args.out, pred, held_out=held)
     print(f"trained on {len(data)} model-tasks -> {args.out}")
     return 0
@@ -403,10 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="predictors/data")
     p.add_argument("--out-dir", default="results")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--learning-curve", action="store_true",
-                   help="instead: held-out tau against the number of training tasks (predictor_learning_curve.md)")
-    p.add_argument("--signals", action="store_true",
-                   help="instead: what each signal outside the default probe adds over the prior (signal_ablation.md)")
+    instead = p.add_mutually_exclusive_group()  # each is a report of its own
+    instead.add_argument("--learning-curve", action="store_true",
+                         help="instead: held-out tau against the number of training tasks (predictor_learning_curve.md)")
+    instead.add_argument("--signals", action="store_true",
+                         help="instead: what each signal outside the default probe adds over the prior "
+                              "(signal_ablation.md)")
     p.add_argument("--held-out", default=None,
                    help="comma list of tasks or model/task keys: judge only these as held out (the rest still train); "
                         "use another --out-dir to keep the full report")
@@ -419,10 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo")
     p.add_argument("--out-dir", default="out/demo")
-    p.add_argument("--top-k", type=int, default=demo.top_k)
-    p.add_argument("--steps", type=int, default=demo.steps)
+    p.add_argument("--top-k", type=_positive_int, default=demo.top_k)
+    p.add_argument("--steps", type=_positive_int, default=demo.steps)
     p.add_argument("--seed", type=int, default=demo.seed)
-    p.add_argument("--eval-examples", type=int, default=demo.eval_examples, help="first N test examples (0: all)")
+    p.add_argument("--eval-examples", type=_non_negative_int, default=demo.eval_examples,
+                   help="first N test examples (0: all)")
     p.add_argument("--max-examples", type=int, default=None, help="seeded subset of the task (quick runs)")
     p.add_argument("--predictor", default=None, help=f"bundled name (default {DEFAULT_PREDICTOR}), directory or Hub id")
     p.set_defaults(func=_cmd_demo)
@@ -433,7 +452,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """What a person can fix from the message alone: bad values, missing files, models or packages."""
     from . import errors
 
-    return (ValueError, OSError, ImportError, errors.ZestTrainerError, errors.ZestAdapterError)
+    return (ValueError, OSError, ImportError, errors.NonFiniteError, errors.ZestTrainerError,
+            errors.ZestAdapterError)
 
 
 def main(argv=None) -> int:

@@ -78,7 +78,9 @@ def run_demo(out_dir: str | Path = "out/demo", config: DemoConfig | None = None)
     from .train.finetune import accuracy_metric, predict_labels, trainable_params
     from .models import load_model
     from .plot import layer_heatmap
-    from .selection.rank import rank_probe
+    from .metrics import resolve_metrics
+    from .selection.rank import probe_metrics, rank_probe
+    from .targets import find_targets
     from .tasks import collator_for, load_task, tokenize_split
     from .workflow import prepare
 
@@ -96,7 +98,10 @@ def run_demo(out_dir: str | Path = "out/demo", config: DemoConfig | None = None)
                    seed=cfg.seed, max_examples=cfg.max_examples)
     task, model, tok = prep.task, prep.model, prep.tokenizer
     _say(f"[1/6] probe: one batch {list(prep.batch['input_ids'].shape)} of {task.name} through {cfg.model}")
-    result = probe(model, prep.batch, "default", seed=cfg.seed, progress=True)
+    # the default metrics (the heatmap reads grad_norm) and whatever else the chosen predictor reads
+    needed = probe_metrics(cfg.predictor, [t.type for t in find_targets(model)])
+    metrics = sorted({m.name for m in resolve_metrics("default")} | set(needed))
+    result = probe(model, prep.batch, metrics, seed=cfg.seed, progress=True)
     result.meta.update({"model": cfg.model, "task": task.name, "seed": cfg.seed})
     result.to_json(out / "probe.json")
     layer_heatmap(result.layers, result.column("grad_norm"), out / "probe_heatmap.png", label="grad_norm",

@@ -47,15 +47,11 @@ def layer_heatmap(
     import numpy as np
     from matplotlib.colors import LogNorm
 
-    types = [t for t in CANONICAL_TYPES if any(r["type"] == t for r in layers)]
-    types += sorted({r["type"] for r in layers} - set(types))
-    blocks = sorted({int(r["block"]) for r in layers})
+    types, blocks, cells = _layout(layers)
     grid = np.full((len(types), len(blocks)), np.nan)
-    where = {}
-    for i, (r, v) in enumerate(zip(layers, values)):
-        cell = (types.index(r["type"]), blocks.index(int(r["block"])))
+    where = dict(enumerate(cells))
+    for cell, v in zip(cells, values):
         grid[cell] = v if v is not None and math.isfinite(v) else np.nan
-        where[i] = cell
 
     finite = grid[np.isfinite(grid)]
     norm = None
@@ -88,3 +84,22 @@ def layer_heatmap(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _layout(layers: Sequence[dict]) -> tuple[list[str], list[int], list[tuple[int, int]]]:
+    """``(row labels, blocks, (row, column) of each layer)``: a row per projection type, in canonical order. A block
+    may hold two layers of one type (T5's wi_0 and wi_1, a decoder's self- and cross-attention q): each gets a row of
+    its own (``"up (2)"``, by name order within the block), so that no cell hides another."""
+    kinds = [t for t in CANONICAL_TYPES if any(r["type"] == t for r in layers)]
+    kinds += sorted({r["type"] for r in layers} - set(kinds))
+    same: dict[tuple[str, int], list[int]] = {}
+    for i, r in enumerate(layers):
+        same.setdefault((r["type"], int(r["block"])), []).append(i)
+    nth = {}
+    for members in same.values():
+        for j, i in enumerate(sorted(members, key=lambda i: (str(layers[i].get("name", "")), i))):
+            nth[i] = j
+    rows = [(t, j) for t in kinds for j in range(max(len(m) for (k, _), m in same.items() if k == t))]
+    blocks = sorted({int(r["block"]) for r in layers})
+    cells = [(rows.index((r["type"], nth[i])), blocks.index(int(r["block"]))) for i, r in enumerate(layers)]
+    return [t if j == 0 else f"{t} ({j + 1})" for t, j in rows], blocks, cells

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -12,7 +13,7 @@ from ..serialization import JsonSerializable, check_keys
 from ..probe.result import ProbeResult
 from ..probe.run import probe
 
-__all__ = ["Ranking", "rank", "rank_probe", "SPECTRUM"]
+__all__ = ["Ranking", "rank", "rank_probe", "probe_metrics", "SPECTRUM"]
 
 #: ``predictor=SPECTRUM``: Spectrum's data-free selection (see :func:`_rank_result_spectrum`).
 SPECTRUM = "spectrum"
@@ -86,7 +87,7 @@ def rank(model: nn.Module, batch, predictor=None, *, revision: str | None = None
     if isinstance(predictor, str) and predictor.startswith("metric:"):
         return _rank_by_column(model, batch, predictor, **probe_kwargs)
     if predictor == SPECTRUM:
-        return _rank_result_spectrum(probe(model, batch, ["spectral"], **probe_kwargs))
+        return _rank_result_spectrum(probe(model, batch, probe_metrics(SPECTRUM), **probe_kwargs))
     if not isinstance(predictor, nn.Module) and resolve_name(predictor) == AUTO:
         # "auto": the family is in the candidates' types, known before the probe (which needs the metrics)
         if probe_kwargs.get("targets") is None:
@@ -106,8 +107,7 @@ def rank(model: nn.Module, batch, predictor=None, *, revision: str | None = None
 def _rank_by_column(model, batch, spec: str, **probe_kwargs) -> Ranking:
     """``metric:<column>`` (largest first) or ``metric:-<column>`` (smallest first): one zero-shot metric, no
     predictor. The baseline a predictor must beat, and a fallback when no predictor is at hand."""
-    column = spec.split(":", 1)[1].lstrip("-")
-    return _rank_result_by_column(probe(model, batch, _metrics_for([column]), **probe_kwargs), spec)
+    return _rank_result_by_column(probe(model, batch, probe_metrics(spec), **probe_kwargs), spec)
 
 
 def _rank_result_by_column(result: ProbeResult, spec: str) -> Ranking:
@@ -145,8 +145,23 @@ def _rank_result_spectrum(result: ProbeResult) -> Ranking:
             score[i] = 1.0 - j / len(members)
     order = sorted(range(len(snr)), key=lambda i: (-score[i], -snr[i], i))
     keys = ("name", "type", "block", "depth", "num_params")
-    layers = [dict({k: result.layers[i][k] for k in keys}, score=score[i], spectral_snr=snr[i]) for i in order]
+    # an SNR with no noise below the edge (all singular values alike) is inf, as in the reference: it ranks first,
+    # and is written as the text "inf" (JSON has no infinity)
+    layers = [dict({k: result.layers[i][k] for k in keys}, score=score[i],
+                   spectral_snr=snr[i] if math.isfinite(snr[i]) else str(snr[i])) for i in order]
     return Ranking(layers=layers, predictor=SPECTRUM, meta={"probe": result.meta})
+
+
+def probe_metrics(predictor=None, types=(), revision: str | None = None) -> list[str]:
+    """The metrics a probe must compute for ``predictor`` (as in :func:`rank`) to rank its result with
+    :func:`rank_probe`; ``types``: the candidates' types, which ``"auto"`` picks the predictor's family from."""
+    if isinstance(predictor, str) and predictor.startswith("metric:"):
+        return _metrics_for([predictor.split(":", 1)[1].lstrip("-")])
+    if predictor == SPECTRUM:
+        return ["spectral"]
+    if not isinstance(predictor, nn.Module):
+        predictor = resolve_name(predictor, list(types))
+    return _metrics_for(load_predictor(predictor, revision=revision).metrics)
 
 
 def _metrics_for(columns: list[str]) -> list[str]:

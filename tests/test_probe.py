@@ -316,6 +316,29 @@ def test_an_encoder_decoder_is_probed_and_given_back(arch):
         assert (res.loc[encoder, col] > 0).any() and (res.loc[decoder, col] > 0).any(), col
 
 
+def test_under_a_callers_autocast_the_probe_runs_in_full_precision_and_the_next_forward_is_untouched():
+    """A pending selection is made inside a Trainer's bf16 step: the probe must give its fp32 metrics, and the
+    step's own forward, in the same autocast region, must not reuse casts of weights the probe borrowed (synflow
+    makes them |W| for its pass)."""
+    torch.manual_seed(0)
+    model = tiny_llama()
+    batch = _labelled(model, token_batch())
+    plain = probe(model, batch, metrics=["snip", "synflow"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh = model(**batch).loss.item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = probe(model, batch, metrics=["snip", "synflow"])  # as in a forward pre-hook of the first step
+        after = model(**batch).loss.item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = model(**batch).loss.item()  # autocast now holds bf16 casts of the weights
+        again = probe(model, batch, metrics=["snip", "synflow"])
+        later = model(**batch).loss.item()
+    assert after == fresh == first == later
+    for col in ("snip", "synflow"):
+        assert inside.values[col] == plain.values[col] == again.values[col], col
+    assert torch.is_autocast_cpu_enabled() is False
+
+
 # ------------------------------------------------------------------------------------------------ bad inputs
 def _forward_counter(model):
     calls = {"n": 0}

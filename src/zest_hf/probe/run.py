@@ -109,8 +109,11 @@ def probe(
         with torch.inference_mode(False):
             data = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in data.items()}
     # the probe needs gradients even when called under torch.no_grad() / inference_mode(): it turns them on for
-    # itself only (the caller's mode is back on exit)
+    # itself only (the caller's mode is back on exit). Under a caller's autocast (a Trainer's bf16/fp16 step, where
+    # a pending selection is made) it runs without: its metrics are the full-precision ones the predictors know,
+    # and autocast's cache of cast weights would otherwise outlive synflow's in-place |W| into the caller's forward.
     with bar, torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=rng_devices), \
+            _without_autocast(device), \
             borrowed(model_u, [t.weight for t in tlist if not is_quantized(t.module)], train_mode) as session:
         torch.manual_seed(seed)
 
@@ -530,6 +533,22 @@ def _check_synflow_supported(model: nn.Module) -> None:
             f"synflow feeds an all-ones `inputs_embeds`, which {type(model).__name__}.forward does not accept. "
             "Leave synflow out: metrics=[m for m in zest_hf.METRICS if m != 'synflow']."
         )
+
+
+@contextlib.contextmanager
+def _without_autocast(device: torch.device):
+    """Autocast off for the probe (on the CPU and the model's device); the cache of casts autocast keeps for the
+    caller's forward is emptied on the way out: the weights the probe borrowed must be cast afresh."""
+    with contextlib.ExitStack() as stack:
+        for kind in dict.fromkeys(["cpu", device.type]):
+            try:
+                stack.enter_context(torch.autocast(device_type=kind, enabled=False))
+            except RuntimeError:  # a device type this torch has no autocast for: nothing to turn off
+                pass
+        try:
+            yield
+        finally:
+            torch.clear_autocast_cache()
 
 
 @contextlib.contextmanager

@@ -151,6 +151,10 @@ def scale_table(plain: float, aware: float, batch: int = 8, seq: int = 2048) -> 
 
 
 def main() -> int:
+    import argparse
+
+    # no options: it only reads what was measured; --help says what it does before it writes anything
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     import pandas as pd
 
     rows = cost_rows()

@@ -69,6 +69,10 @@ def table(e2e: Path = E2E, sft: Path = SFT) -> str:
 
 
 def main() -> int:
+    import argparse
+
+    # no options: it only reads what was measured; --help says what it does before it writes anything
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     text = table()
     out = ROOT / "results" / "lr_table.md"
     out.write_text(text)

@@ -337,9 +337,10 @@ def _data_pass(model, tlist, data, chosen, sources, rows, session: Session) -> f
     if "fisher" in sources:
         for i, t in enumerate(tlist):
             s = fisher_sums[i]
+            w = dense_weight(t.module)
             if s is None:  # the layer's output never reached the loss
-                s = torch.zeros(1, t.out_features)
-            _apply(chosen, "fisher", dense_weight(t.module), s, rows[i])
+                s = torch.zeros(1, t.out_features, device=w.device)
+            _apply(chosen, "fisher", w, s, rows[i])
     return loss_value
 
 

@@ -5,11 +5,11 @@ bad inputs fail before anything changes."""
 import copy
 
 import datasets
+import peft
 import pytest
 import torch
 import transformers
 from helpers import tiny_bert_cls, tiny_llama
-import peft
 from peft import PeftModel
 
 import zest_hf
@@ -221,3 +221,24 @@ def test_an_unresolved_config_on_a_classifier_trains_its_head(tmp_path, with_cal
     assert all(not torch.equal(p.detach(), head_before[n]) for n, p in trained.items())
     if with_callback:
         assert optimizer_ids(trainer.optimizer) == selection_and_head(model, cfg)
+
+
+@pytest.mark.parametrize("route", ["prepare_trainer", "callback"])
+def test_a_mixed_dtype_model_is_selected_on_under_the_runs_autocast(tmp_path, route):
+    # a bf16 body under an fp32 head runs only under the bf16 autocast the Trainer's steps run under: the selection,
+    # made outside those steps, runs under it too
+    torch.manual_seed(0)
+    model = tiny_bert_cls().to(torch.bfloat16)
+    model.classifier.float()
+    if route == "callback":
+        model = peft.get_peft_model(model, ZestConfig(top_k=2, predictor=PRED))
+    trainer = make_trainer(model, cls_data(), tmp_path, bf16=True, logging_strategy="steps", logging_steps=1)
+    if route == "callback":
+        trainer.add_callback(ZestCallback())
+    else:
+        zest_hf.prepare_trainer(trainer, ZestConfig(top_k=2, predictor=PRED))
+    trainer.train()
+    cfg = trainer.model.peft_config["default"]
+    assert cfg.is_resolved and len(cfg.selected_modules) == 2
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))

@@ -339,6 +339,26 @@ def test_under_a_callers_autocast_the_probe_runs_in_full_precision_and_the_next_
     assert torch.is_autocast_cpu_enabled() is False
 
 
+def test_a_mixed_dtype_model_is_probed_under_the_callers_autocast_and_given_back():
+    """A bf16 body under an fp32 head runs only under autocast (as a Trainer's bf16 step runs it): the probe keeps
+    the caller's autocast for such a model, and its synflow pass (every tensor fp32 by then) runs without."""
+    torch.manual_seed(0)
+    model = tiny_bert_cls().to(torch.bfloat16).eval()  # eval: no dropout, so two forwards can be compared
+    model.classifier.float()
+    batch = _labelled(model, token_batch())
+    snap = _snapshot(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = probe(model, batch, metrics=["snip", "fisher", "synflow"])
+        after = model(**batch).loss.item()
+    _assert_restored(model, snap)
+    assert model.classifier.weight.dtype == torch.float32 and model.bert.encoder.layer[0].output.dense.weight.dtype \
+        == torch.bfloat16
+    for col in ("snip", "fisher", "synflow"):
+        assert all(math.isfinite(v) and v > 0 for v in res.values[col]), col
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(**batch).loss.item() == after
+
+
 # ------------------------------------------------------------------------------------------------ bad inputs
 def _forward_counter(model):
     calls = {"n": 0}

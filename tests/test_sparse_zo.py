@@ -312,6 +312,25 @@ def test_bf16_full_eval_leaves_the_trained_values_exact(tmp_path):
     assert all(torch.equal(values[n], t) for n, t in zip(layers, trained))
 
 
+def test_a_mixed_dtype_model_chooses_its_coordinates_under_the_runs_autocast(tmp_path):
+    # a bf16 body under an fp32 head runs only under autocast: the ZEST selection and the mask, made before train()
+    # enters its own autocast, run under the same one
+    torch.manual_seed(0)
+    model = tiny_llama().to(torch.bfloat16)
+    model.lm_head.float()
+    trainer = ZOTrainer(model=model, args=zo_args(tmp_path, max_steps=2, bf16=True, use_cpu=True,
+                                                  logging_strategy="steps", logging_steps=1),
+                        train_dataset=ListDataset(),
+                        sparse_zo=SparseZOConfig(percent=1.0, mask_batches=1, quantize=None, zest_top_k=2,
+                                                 predictor="metric:grad_norm"))
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert len(trainer.sparse_zo.mask_info["zest_layers"]) == 2
+    assert {v.dtype for v in tunable_values(trainer.model)} == {torch.float32}
+    assert model.lm_head.weight.dtype == torch.float32  # left as the user had it
+
+
 def test_bf16_model_keeps_fp32_tuned_values():
     model = tiny_llama().to(torch.bfloat16)
     attach_sparse(model, sensitive_mask(model, [lm_batch()], percent=1.0))

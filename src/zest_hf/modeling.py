@@ -139,6 +139,12 @@ def uses_reentrant_checkpointing(model: nn.Module) -> bool:
     return False
 
 
+def has_mixed_dtypes(model: nn.Module) -> bool:
+    """Whether the floating parameters of ``model`` are of several dtypes (a bf16 body under an fp32 head): such a
+    model runs only under autocast."""
+    return len({p.dtype for p in model.parameters() if p.is_floating_point()}) > 1
+
+
 def stores_transposed(module: nn.Module) -> bool:
     """transformers' ``Conv1D`` (GPT-2) stores its weight as (in, out); look inside a peft wrapper too."""
     base = getattr(module, "base_layer", module)

@@ -28,8 +28,8 @@ from torch import nn
 
 from ..errors import NonFiniteError
 from ..metrics import ActStats, GradParts, Metric, resolve_metrics
-from ..modeling import (dense_weight, device_of, is_quantized, stores_transposed, unwrap_parallel,
-                        uses_reentrant_checkpointing)
+from ..modeling import (dense_weight, device_of, has_mixed_dtypes, is_quantized, stores_transposed,
+                        unwrap_parallel, uses_reentrant_checkpointing)
 from ..targets import Target, find_targets
 from .batch import check_batch, model_loss, prepare_batch
 from .result import ProbeResult
@@ -110,10 +110,9 @@ def probe(
             data = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in data.items()}
     # the probe needs gradients even when called under torch.no_grad() / inference_mode(): it turns them on for
     # itself only (the caller's mode is back on exit). Under a caller's autocast (a Trainer's bf16/fp16 step, where
-    # a pending selection is made) it runs without: its metrics are the full-precision ones the predictors know,
-    # and autocast's cache of cast weights would otherwise outlive synflow's in-place |W| into the caller's forward.
+    # a pending selection is made) see _outside_autocast.
     with bar, torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=rng_devices), \
-            _without_autocast(device), \
+            _outside_autocast(model_u, device), \
             borrowed(model_u, [t.weight for t in tlist if not is_quantized(t.module)], train_mode) as session:
         torch.manual_seed(seed)
 
@@ -434,7 +433,7 @@ def _synflow_pass(model, tlist, data, chosen, rows, session: Session) -> None:
             if upcast:
                 for p in params:
                     originals.append((p, p.data))
-                    p.data = p.data.float().abs_()
+                    p.data = p.data.to(torch.float32, copy=True).abs_()  # a copy even of an fp32 one
                 for m in model.modules():
                     for name, b in m._buffers.items():
                         if b is not None and b.dtype in (torch.float16, torch.bfloat16):
@@ -460,7 +459,9 @@ def _synflow_pass(model, tlist, data, chosen, rows, session: Session) -> None:
             kwargs["decoder_inputs_embeds"] = ones  # the decoder is fed the same all-ones input
         if "use_cache" in data:
             kwargs["use_cache"] = False
-        out = model(**kwargs)
+        # every floating tensor is fp32 now (or the model's one dtype): the pass needs no caller's autocast
+        with _outside_autocast(model, ones.device, always=True):
+            out = model(**kwargs)
         logits = out["logits"] if isinstance(out, Mapping) else out.logits
         r = logits.float().sum()
 
@@ -537,15 +538,21 @@ def _check_synflow_supported(model: nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def _without_autocast(device: torch.device):
-    """Autocast off for the probe (on the CPU and the model's device); the cache of casts autocast keeps for the
-    caller's forward is emptied on the way out: the weights the probe borrowed must be cast afresh."""
+def _outside_autocast(model: nn.Module, device: torch.device, *, always: bool = False):
+    """The probe under a caller's autocast. A model of one floating dtype is probed with autocast off (on the CPU and
+    its device), so that its metrics are the full-precision ones the predictors know; a model of mixed dtypes (a bf16
+    body under an fp32 head) runs at all only under autocast, which is then kept (``always``: off whatever the
+    dtypes, for a pass that has made them one). Autocast's cache of cast weights is emptied on the way in and out:
+    the probe changes the weights it borrows (synflow's |W|), so no cast made before may serve it, and none made
+    inside may serve the caller's forward."""
+    torch.clear_autocast_cache()
     with contextlib.ExitStack() as stack:
-        for kind in dict.fromkeys(["cpu", device.type]):
-            try:
-                stack.enter_context(torch.autocast(device_type=kind, enabled=False))
-            except RuntimeError:  # a device type this torch has no autocast for: nothing to turn off
-                pass
+        if always or not has_mixed_dtypes(model):
+            for kind in dict.fromkeys(["cpu", device.type]):
+                try:
+                    stack.enter_context(torch.autocast(device_type=kind, enabled=False))
+                except RuntimeError:  # a device type this torch has no autocast for: nothing to turn off
+                    pass
         try:
             yield
         finally:

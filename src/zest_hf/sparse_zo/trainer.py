@@ -14,12 +14,14 @@ and resuming from them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import torch
 import transformers
 
+from ..modeling import has_mixed_dtypes
 from .config import SparseZOConfig
 from .io import (
     CONFIG_FILE,
@@ -94,16 +96,11 @@ class ZOTrainer(transformers.Trainer):
             batches.append(batch)
             if len(batches) >= cfg.mask_batches:
                 break
-        layers = None
-        if cfg.zest_top_k is not None:
-            from ..peft_method import ZestConfig
-            from ..selection.resolve import select
-
-            zcfg = select(self.model, batches[0], ZestConfig(top_k=cfg.zest_top_k, predictor=cfg.predictor,
-                                                             candidates=cfg.target_modules,
-                                                             probe_seed=self.args.seed))
-            layers = list(zcfg.selected_modules)
-        mask = sensitive_mask(self.model, batches, cfg.percent, target_modules=cfg.target_modules, layers=layers)
+        # a model of mixed dtypes (a bf16 body under an fp32 head) runs only under the autocast its training steps
+        # run under; the mask's and the selection's passes, made before train() enters it, need it too
+        ctx = self.accelerator.autocast() if has_mixed_dtypes(self.model) else contextlib.nullcontext()
+        with ctx:
+            layers, mask = self._choose_coordinates(cfg, batches)
         del batches
         cfg.mask_info = dict(mask.info, percent=cfg.percent, source="mask_dataset" if self.mask_dataset is not None
                              else "train_dataset", zest_layers=layers)
@@ -113,6 +110,20 @@ class ZOTrainer(transformers.Trainer):
         if self.args.should_save:
             os.makedirs(self.args.output_dir, exist_ok=True)
             mask.save(Path(self.args.output_dir) / MASK_FILE)  # fixed for the run, and saved with it
+
+    def _choose_coordinates(self, cfg, batches):
+        """``(layers, mask)``: the ZEST layers (``zest_top_k``; None: every candidate) and the sensitive mask in them."""
+        layers = None
+        if cfg.zest_top_k is not None:
+            from ..peft_method import ZestConfig
+            from ..selection.resolve import select
+
+            zcfg = select(self.model, batches[0], ZestConfig(top_k=cfg.zest_top_k, predictor=cfg.predictor,
+                                                             candidates=cfg.target_modules,
+                                                             probe_seed=self.args.seed))
+            layers = list(zcfg.selected_modules)
+        return layers, sensitive_mask(self.model, batches, cfg.percent, target_modules=cfg.target_modules,
+                                      layers=layers)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         path = resume_from_checkpoint

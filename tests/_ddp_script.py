@@ -100,6 +100,20 @@ def run_unlabelled(out: str) -> dict:
     return {"error": None}
 
 
+def run_bad_shard(out: str, rank: int) -> dict:
+    trainer = make_trainer(tiny_bert_cls(), data(), out)
+    if rank == 1:
+        def broken(features):
+            raise ValueError("a bad row in this rank's shard")
+
+        trainer.data_collator = broken  # the probe batch cannot be drawn on rank 1 only
+    try:
+        zest_hf.prepare_trainer(trainer, zest_hf.ZestConfig(top_k=2, predictor=PRED))
+    except Exception as e:  # noqa: BLE001 - the point is which error each rank sees (and that none waits forever)
+        return {"error": type(e).__name__, "message": str(e)}
+    return {"error": None}
+
+
 def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     state = transformers.TrainingArguments(output_dir=out_dir, use_cpu=True, report_to="none")
@@ -132,6 +146,7 @@ def main(out_dir: str) -> None:
         report[mode] = run(mode, os.path.join(out_dir, mode), rank_calls, probes)
     zest_hf.callback._probe_batch = real_probe_batch  # from here on, only prepare_trainer probes
     report["unlabelled"] = run_unlabelled(os.path.join(out_dir, "unlabelled"))
+    report["bad_shard"] = run_bad_shard(os.path.join(out_dir, "bad_shard"), rank)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(report, f, indent=1)
     # leave together: a rank that exits while its peer still talks to it makes gloo abort the peer

@@ -76,6 +76,14 @@ def test_a_selection_error_on_rank_zero_is_raised_on_every_rank(ranks):
     assert errors[0]["message"] == errors[1]["message"] and "no 'labels'" in errors[0]["message"]
 
 
+@pytest.mark.integration
+def test_a_probe_batch_that_fails_on_one_rank_is_raised_on_every_rank(ranks):
+    # the failing rank raises its own error; the other learns of it before waiting for a config that never comes
+    r0, r1 = (r["bad_shard"] for r in ranks)
+    assert r1["error"] == "ValueError" and "bad row" in r1["message"]
+    assert r0["error"] == "ZestTrainerError" and "process(es) [1]" in r0["message"]
+
+
 class TwoArgError(ValueError):
     def __init__(self, a, b):  # unpickling calls TwoArgError("a and b"): a TypeError
         super().__init__(f"{a} and {b}")

@@ -249,6 +249,17 @@ def test_training_leaves_the_callers_random_state_as_it_was():
     assert torch.equal(torch.rand(3), want)
 
 
+def test_loading_a_predictor_leaves_the_callers_random_state_as_it_was():
+    # what predictor="auto" does inside a selection, on rank 0 only: other ranks' states must not drift from it
+    from zest_hf.predictor.hub import load_predictor
+
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    load_predictor("zest-universal")
+    assert torch.equal(torch.rand(3), want)
+
+
 @pytest.mark.parametrize("scores", [np.arange(2.0), np.arange(50.0), np.zeros((42, 2))])
 def test_scores_not_one_per_layer_are_refused_naming_the_model_task(scores):
     d = synthetic(0)  # 42 layers

@@ -252,8 +252,10 @@ class ZestPredictor(
                          map_location="cpu", strict=True, **model_kwargs):
         """Build the predictor from its ``config.json`` (``model_kwargs``) and load ``model.safetensors``, from a
         local directory or the Hub. Only that file is ever read: a pickled checkpoint is never loaded (it could
-        run code), and every tensor must match the config exactly."""
-        model = cls(**model_kwargs)
+        run code), and every tensor must match the config exactly. The layers' initialisation, overwritten by the
+        file, draws from a forked generator: loading leaves the caller's random state as it was."""
+        with torch.random.fork_rng(devices=[]):
+            model = cls(**model_kwargs)
         if os.path.isdir(model_id):
             model_file = os.path.join(model_id, WEIGHTS_FILE)
             if not os.path.isfile(model_file):

@@ -188,18 +188,31 @@ def _resolve(trainer, config: ZestConfig, resume_from_checkpoint) -> ZestConfig:
         return saved
     if config.is_resolved:
         return config
-    batch = _probe_batch(trainer, config)
     acc = trainer.accelerator
     if acc.num_processes == 1:
+        batch = _probe_batch(trainer, config)
         with _as_steps_run(trainer.model, trainer.args):
             return select(trainer.model, batch, config)
-    # Every rank drew a batch (the prepared dataloader may sync RNG across ranks, and shards the data, so the batches
+    # Every rank draws a batch (the prepared dataloader may sync RNG across ranks, and shards the data, so the batches
     # differ); rank 0 alone selects and shares the resolved config, so that all ranks train the same layers. A
-    # selection error on rank 0 is shared too: the other ranks raise it instead of waiting for a config that never
-    # comes. tests/test_distributed.py runs this on 2 processes.
-    from accelerate.utils import broadcast_object_list
+    # failure is shared too: a rank whose draw failed (a bad row in its shard) is known to all before any of them
+    # waits for the config, and a selection error on rank 0 reaches the others, so every rank raises instead of
+    # waiting for what never comes. tests/test_distributed.py runs this on 2 processes.
+    from accelerate.utils import broadcast_object_list, gather_object
 
-    payload, failure = [None], None
+    batch, failure = None, None
+    try:
+        batch = _probe_batch(trainer, config)
+    except Exception as err:
+        failure = err
+    drawn = gather_object([failure is None])
+    if not all(drawn):
+        if failure is not None:
+            raise failure
+        failed = [i for i, ok in enumerate(drawn) if not ok]
+        raise ZestTrainerError(f"drawing the probe batch failed on process(es) {failed} (their own error says why); "
+                               "nothing was selected")
+    payload = [None]
     if acc.is_main_process:
         try:
             with _as_steps_run(trainer.model, trainer.args):

@@ -5,6 +5,8 @@ A leaf: it imports torch only, so every stage (targets, probe, selection, apply,
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -143,6 +145,32 @@ def has_mixed_dtypes(model: nn.Module) -> bool:
     """Whether the floating parameters of ``model`` are of several dtypes (a bf16 body under an fp32 head): such a
     model runs only under autocast."""
     return len({p.dtype for p in model.parameters() if p.is_floating_point()}) > 1
+
+
+def training_autocast(model: nn.Module, args):
+    """The autocast a Trainer's steps run under (``args.bf16`` / ``args.fp16``), for a pass made outside them (a
+    probe, a mask) on a model that needs it: one of mixed dtypes runs only under autocast. A model of one dtype gets
+    none (it runs, and is probed, in its own precision)."""
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    if dtype is None or not has_mixed_dtypes(model):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_of(model).type, dtype=dtype)
+
+
+#: What ``sharded_by`` names.
+FSDP1, FSDP2, ZERO3 = "FSDP (FullyShardedDataParallel)", "FSDP2 (fully_shard)", "DeepSpeed ZeRO-3"
+
+
+def sharded_by(param: torch.Tensor) -> str | None:
+    """What holds ``param`` as one slice per process, named for messages, or None: FSDP1's flat parameter, FSDP2's
+    DTensor, DeepSpeed ZeRO-3's partitioned parameter."""
+    if getattr(param, "_is_flat_param", False):
+        return FSDP1
+    if type(param).__name__ == "DTensor" or type(getattr(param, "data", None)).__name__ == "DTensor":
+        return FSDP2
+    if hasattr(param, "ds_id"):
+        return ZERO3
+    return None
 
 
 def stores_transposed(module: nn.Module) -> bool:

@@ -15,16 +15,14 @@ import os
 
 from torch import nn
 
+from ..modeling import FSDP2, ZERO3, sharded_by
+
 __all__ = ["save_adapter", "is_sharded"]
 
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether any parameter of ``model`` is an FSDP2 DTensor (one shard per process)."""
-    return any(type(p).__name__ == "DTensor" for p in model.parameters())
-
-
-def _is_zero3(model: nn.Module) -> bool:
-    return any(hasattr(p, "ds_id") for p in model.parameters())
+    return any(sharded_by(p) == FSDP2 for p in model.parameters())
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike, **kwargs) -> None:
@@ -38,7 +36,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, **kwargs) -> No
         ValueError: a sharded model with no trainable parameter (loaded with ``is_trainable=False``): what its
             adapter holds is gathered as the trainable parameters, so there would be nothing to write.
     """
-    sharded, zero3 = is_sharded(model), _is_zero3(model)
+    sharded, zero3 = is_sharded(model), any(sharded_by(p) == ZERO3 for p in model.parameters())
     if not (sharded or zero3):
         model.save_pretrained(directory, **kwargs)
         return

@@ -28,8 +28,8 @@ from torch import nn
 
 from ..errors import NonFiniteError
 from ..metrics import ActStats, GradParts, Metric, resolve_metrics
-from ..modeling import (dense_weight, device_of, has_mixed_dtypes, is_quantized, stores_transposed,
-                        unwrap_parallel, uses_reentrant_checkpointing)
+from ..modeling import (FSDP1, dense_weight, device_of, has_mixed_dtypes, is_quantized, sharded_by,
+                        stores_transposed, unwrap_parallel, uses_reentrant_checkpointing)
 from ..targets import Target, find_targets
 from .batch import check_batch, model_loss, prepare_batch
 from .result import ProbeResult
@@ -178,15 +178,10 @@ def _check_not_sharded(model: nn.Module) -> None:
     """A sharded model (FSDP2's DTensor parameters, FSDP1's flat parameters or wrapped modules, DeepSpeed ZeRO-3's
     partitioned ones) holds a slice of each weight per process: a probe there would score slices, differently on
     every rank."""
-    fsdp1 = next((n for n, m in model.named_modules() if type(m).__name__ == "FullyShardedDataParallel"), None)
+    fsdp1 = any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
     for name, p in model.named_parameters():
-        if fsdp1 is not None or getattr(p, "_is_flat_param", False):
-            kind = "FSDP (FullyShardedDataParallel)"
-        elif type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor":
-            kind = "FSDP2 (fully_shard)"
-        elif hasattr(p, "ds_id"):
-            kind = "DeepSpeed ZeRO-3"
-        else:
+        kind = FSDP1 if fsdp1 else sharded_by(p)
+        if kind is None:
             continue
         raise ValueError(
             f"{name} is sharded by {kind}, so this process holds only a slice of each weight and the probe would "

@@ -14,14 +14,13 @@ and resuming from them.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import torch
 import transformers
 
-from ..modeling import has_mixed_dtypes
+from ..modeling import training_autocast
 from .config import SparseZOConfig
 from .io import (
     CONFIG_FILE,
@@ -98,8 +97,7 @@ class ZOTrainer(transformers.Trainer):
                 break
         # a model of mixed dtypes (a bf16 body under an fp32 head) runs only under the autocast its training steps
         # run under; the mask's and the selection's passes, made before train() enters it, need it too
-        ctx = self.accelerator.autocast() if has_mixed_dtypes(self.model) else contextlib.nullcontext()
-        with ctx:
+        with training_autocast(self.model, self.args):
             layers, mask = self._choose_coordinates(cfg, batches)
         del batches
         cfg.mask_info = dict(mask.info, percent=cfg.percent, source="mask_dataset" if self.mask_dataset is not None

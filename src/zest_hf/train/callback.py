@@ -20,7 +20,6 @@ the trainable tensors, and a resumed run must continue on the checkpoint's selec
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import pickle
@@ -32,7 +31,7 @@ from transformers import TrainerCallback
 from ..peft_method import ZestConfig, check_modules
 from ..selection.resolve import select
 from ..errors import SelectionError, ZestTrainerError
-from ..modeling import device_of, has_mixed_dtypes, input_grad_hooks, peft_base, uses_reentrant_checkpointing
+from ..modeling import device_of, input_grad_hooks, peft_base, training_autocast, uses_reentrant_checkpointing
 
 __all__ = ["ZestCallback", "prepare_trainer", "ZestTrainerError"]
 
@@ -191,7 +190,7 @@ def _resolve(trainer, config: ZestConfig, resume_from_checkpoint) -> ZestConfig:
     acc = trainer.accelerator
     if acc.num_processes == 1:
         batch = _probe_batch(trainer, config)
-        with _as_steps_run(trainer.model, trainer.args):
+        with training_autocast(trainer.model, trainer.args):
             return select(trainer.model, batch, config)
     # Every rank draws a batch (the prepared dataloader may sync RNG across ranks, and shards the data, so the batches
     # differ); rank 0 alone selects and shares the resolved config, so that all ranks train the same layers. A
@@ -215,7 +214,7 @@ def _resolve(trainer, config: ZestConfig, resume_from_checkpoint) -> ZestConfig:
     payload = [None]
     if acc.is_main_process:
         try:
-            with _as_steps_run(trainer.model, trainer.args):
+            with training_autocast(trainer.model, trainer.args):
                 payload[0] = select(trainer.model, batch, config).to_json()
         except Exception as err:
             failure = err
@@ -306,16 +305,6 @@ def _keep_backward_above_selection(model) -> None:
             module._require_grads_hooks = []
 
 
-def _as_steps_run(model, args):
-    """The autocast the Trainer's steps run under (``bf16`` / ``fp16``), for a probe made outside them, if the model
-    needs it: one of mixed dtypes (a bf16 body under an fp32 head) runs only under autocast. A model of one dtype is
-    probed in its own precision whatever the run's (the probe turns autocast off for it)."""
-    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
-    if dtype is None or not has_mixed_dtypes(model):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_of(model).type, dtype=dtype)
-
-
 def _select_at_train_begin(model, optimizer, train_dataloader, args) -> ZestConfig:
     """Resolve a pending ZEST model from one batch of the Trainer's data; drop the unselected from the optimizer."""
     tuner = model.base_model
@@ -323,7 +312,7 @@ def _select_at_train_begin(model, optimizer, train_dataloader, args) -> ZestConf
         raise ZestTrainerError("the Trainer gave ZestCallback no training dataloader to probe a batch of")
     config = next(c for c in model.peft_config.values() if isinstance(c, ZestConfig))
     batch = _first_batch(train_dataloader, config, device_of(model))
-    with _as_steps_run(model, args):
+    with training_autocast(model, args):
         resolved = tuner.resolve_pending(batch)
     if optimizer is not None:
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer

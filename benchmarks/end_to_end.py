@@ -80,8 +80,13 @@ BUDGETS = {
                     # choice ones 195-255): each is used whole. timedial: the decoder task whose ground truth
                     # separates most clearly (+17 points over the untrained model), added beside social_iqa, where
                     # neither ZEST@5 nor Random@5 beat the untrained model at this budget's rates.
+                    # bbc_news: as SFT treats a decoder's classification (label names scored by log-likelihood, no
+                    # new head; with a head it did not separate), admitted by the same pilot as every task
+                    # (scripts/pilot_tasks.py: one layer 0.816 against the untrained model's 0.377), the one SmolLM2
+                    # task that needs no BIG-bench package.
                     tasks=["bigbench:cs_algorithms/valid_parentheses", "bigbench:goal_step_wikihow/step_inference",
-                           "bigbench:social_iqa", "bigbench:timedial"],
+                           "bigbench:social_iqa", "bigbench:timedial", "bbc_news"],
+                    loglik_classification=["bbc_news"],
                     grids={"head": [3e-3, 1e-2], "full": [1e-5, 3e-5], "sparse": [1e-4, 3e-4], "lora": [1e-3, 3e-3]}),
 }
 SEEDS = [0, 1, 2, 3, 4]
@@ -402,10 +407,13 @@ def run_one(model_name: str, task_name: str, method: Method, lr: float, head_lr:
 
 def head_kind(model_name: str, task) -> str:
     """``seq_cls`` for a classification task; for multiple choice, a decoder's own LM head scored by log-likelihood
-    (``causal_lm``, the ground truth's protocol for decoders). An encoder's multiple-choice head is not benchmarked."""
+    (``causal_lm``, the ground truth's protocol for decoders); a decoder's classification task listed in its
+    budget's ``loglik_classification`` also takes the LM head, its label names scored as choices (what
+    ``choose_head`` gives a decoder by default). An encoder's multiple-choice head is not benchmarked."""
     from zest_hf.workflow import choose_head
 
-    kind = choose_head(model_name, task.kind, decoder_classification="seq_cls")  # the ground truth's protocol
+    loglik = task.name in budget_of(model_name).get("loglik_classification", ())
+    kind = choose_head(model_name, task.kind, decoder_classification="causal_lm" if loglik else "seq_cls")
     if kind not in ("seq_cls", "causal_lm"):
         raise SystemExit(f"{task.name} is multiple choice and {model_name} is an encoder: end_to_end benchmarks "
                          "classification tasks, and multiple choice on decoders only")

@@ -328,3 +328,18 @@ def test_table5_means_every_task_and_gives_a_method_still_running_its_paired_gap
     # the paired gap: ZEST 3% - full FT over the hard task's cells, -5 - the seeds' mean drift of full FT
     assert float(table["ZEST 3%"]["- full FT"]) == round(-5 - np.mean(mod.SEEDS), 1)
     assert float(table["ZEST 10%"]["- full FT"]) == -2.0 and float(table["full FT"]["- full FT"]) == 0.0
+
+
+def test_a_decoder_classification_task_listed_for_log_likelihood_takes_the_lm_head(bench):
+    from types import SimpleNamespace
+
+    bbc = SimpleNamespace(name="bbc_news", kind="classification")
+    twitter = SimpleNamespace(name="twitter_sentiment", kind="classification")
+    mc = SimpleNamespace(name="bigbench:timedial", kind="multiple_choice")
+    assert "bbc_news" in bench.BUDGETS["smollm2"]["tasks"]
+    assert bench.head_kind("smollm2", bbc) == "causal_lm"  # label names scored as choices, as SFT trains it
+    assert bench.head_kind("smollm2", twitter) == "seq_cls"  # not listed: the ground truth's head protocol
+    assert bench.head_kind("smollm2", mc) == "causal_lm"
+    assert bench.head_kind("minilm", bbc) == "seq_cls"  # an encoder keeps its classification head
+    with pytest.raises(SystemExit, match="encoder"):
+        bench.head_kind("minilm", mc)

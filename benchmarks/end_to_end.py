@@ -6,8 +6,8 @@ Three phases, each resumable (every finished run is one JSON line in ``--out-dir
     For every model and task, every method is trained with a stock ``transformers.Trainer`` on the same data, for
     the same number of steps, batch and sequence length. The task head (new, seeded) always trains with the head
     learning rate tuned on head-only; the method's own weights get a learning rate chosen from a small grid on the
-    validation split (seed 0); the chosen rate is then run with seeds 1 and 2. Test accuracy: mean and std over
-    the 3 seeds. Validation accuracy is also logged during training (the validation curves).
+    validation split (seed 0); the chosen rate is then run with the other seeds (``SEEDS``: 0-4). Test accuracy:
+    mean and std over the seeds. Validation accuracy is also logged during training (the validation curves).
 
     ZEST's predictor for a task is trained WITHOUT that task's ground truth (leave-one-task-out, on every model's
     other tasks; built once into ``--out-dir/predictors/``), and so is the best single metric's choice: no result
